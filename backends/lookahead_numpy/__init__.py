@@ -1,0 +1,1 @@
+"""lookahead_numpy: in-place Lookahead on NumPy arrays."""

@@ -1,0 +1,38 @@
+"""lookahead_core: the Lookahead optimizer written once against the Array API.
+
+This package is the specification every backend is checked against. It is
+pure (returns new arrays, mutates nothing) and imports no array framework:
+it works on NumPy, array-api-strict, PyTorch, JAX and CuPy arrays through
+``array-api-compat``.
+
+>>> import numpy as np, lookahead_core as lc
+>>> opt = lc.lookahead(lc.sgd(lr=0.1), k=5, alpha=0.5)
+>>> params = [np.ones(3)]
+>>> state = opt.init(params)
+>>> params, state = opt.step(params, [np.ones(3)], state)
+"""
+
+from ._inner import AdamState, InnerOptimizer, SGDState, adam, adamw, lerp, sgd
+from ._lookahead import Lookahead, LookaheadState, ema_closed_form, lookahead, sync_slow
+from ._validation import check_alpha, check_arrays, check_k, check_matching
+
+__all__ = [
+    "AdamState",
+    "InnerOptimizer",
+    "Lookahead",
+    "LookaheadState",
+    "SGDState",
+    "adam",
+    "adamw",
+    "check_alpha",
+    "check_arrays",
+    "check_k",
+    "check_matching",
+    "ema_closed_form",
+    "lerp",
+    "lookahead",
+    "sgd",
+    "sync_slow",
+]
+
+__version__ = "0.1.0"

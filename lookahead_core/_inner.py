@@ -1,0 +1,280 @@
+"""Inner optimizers A of the paper, written once against the Array API.
+
+Each optimizer is an :class:`InnerOptimizer`: ``init(params) -> state`` and
+``update(grads, state, params) -> (delta, state)``, so that the fast-weight
+update is eq. 0.2 literally::
+
+    θ_{t,i} = θ_{t,i-1} + A(L, θ_{t,i-1}, d),   A(...) = delta
+
+The arithmetic follows ``torch.optim``'s single-tensor code path operation by
+operation, so float64 trajectories agree with PyTorch to ~1e-12 relative.
+Hyperparameters are coerced to Python floats at construction (DESIGN §4), so
+they never change an array's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import array_api_compat
+
+from ._validation import check_arrays, check_matching, check_nonnegative, check_unit_interval
+
+__all__ = [
+    "AdamState",
+    "InnerOptimizer",
+    "SGDState",
+    "adam",
+    "adamw",
+    "lerp",
+    "sgd",
+]
+
+Array = Any
+Arrays = tuple[Array, ...]
+
+
+class InnerOptimizer(NamedTuple):
+    """An inner optimizer A: a pair of pure functions plus its hyperparameters.
+
+    Attributes:
+        init: ``init(params) -> state``.
+        update: ``update(grads, state, params) -> (delta, state)``; the new
+            parameters are ``params[i] + delta[i]`` (eq. 0.2).
+        name: short name, e.g. ``"sgd"``.
+        hyperparams: the validated hyperparameters as Python scalars.
+    """
+
+    init: Callable[[Sequence[Array]], Any]
+    update: Callable[[Sequence[Array], Any, Sequence[Array]], tuple[Arrays, Any]]
+    name: str
+    hyperparams: dict[str, Any]
+
+
+class SGDState(NamedTuple):
+    """State of :func:`sgd`.
+
+    Attributes:
+        step: number of updates taken so far (Python int).
+        momentum_buffer: one buffer per parameter, or ``None`` without momentum.
+    """
+
+    step: int
+    momentum_buffer: Arrays | None
+
+
+class AdamState(NamedTuple):
+    """State of :func:`adam` and :func:`adamw` (PyTorch's names).
+
+    Attributes:
+        step: number of updates taken so far (Python int; bias corrections use it).
+        exp_avg: first-moment estimates m.
+        exp_avg_sq: second-moment estimates v.
+        max_exp_avg_sq: running maxima of v with ``amsgrad``, else ``None``.
+    """
+
+    step: int
+    exp_avg: Arrays
+    exp_avg_sq: Arrays
+    max_exp_avg_sq: Arrays | None
+
+
+def lerp(start: Array, end: Array, weight: float) -> Array:
+    """Two-sided linear interpolation ``start + weight * (end - start)``.
+
+    Exact at both ends: ``weight == 0`` returns ``start`` and ``weight == 1``
+    returns ``end`` bit for bit. This is ``torch.lerp``'s formula (DESIGN §4)::
+
+        start + w (end - start)          if w < 0.5
+        end - (1 - w) (end - start)      otherwise
+    """
+    diff = end - start
+    if weight < 0.5:
+        return start + weight * diff
+    return end - (1.0 - weight) * diff
+
+
+def _check_step_inputs(grads: Sequence[Array], params: Sequence[Array]) -> Any:
+    xp, params = check_arrays("params", params)
+    check_arrays("grads", grads)
+    check_matching("grads", grads, "params", params)
+    return xp
+
+
+def _zeros_like(xp: Any, params: Sequence[Array]) -> Arrays:
+    return tuple(xp.zeros_like(p) for p in params)
+
+
+def sgd(
+    lr: float = 1e-3,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+) -> InnerOptimizer:
+    """Stochastic gradient descent with Polyak heavy-ball or Nesterov momentum.
+
+    With ``g = ∇L + weight_decay·θ`` and, when ``momentum > 0``,
+    ``b ← g`` on the first step and ``b ← momentum·b + (1 − dampening)·g`` after,
+    the step direction is ``d = g + momentum·b`` (Nesterov) or ``d = b``
+    (heavy ball), and ``delta = −lr·d``. These are ``torch.optim.SGD``'s
+    conventions.
+
+    Args:
+        lr: learning rate, >= 0.
+        momentum: momentum factor, in [0, 1).
+        dampening: dampening of the gradient in the buffer, in [0, 1].
+        weight_decay: L2 penalty added to the gradient, >= 0.
+        nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+    """
+    lr = check_nonnegative("lr", lr)
+    momentum = check_unit_interval("momentum", momentum)
+    dampening = check_nonnegative("dampening", dampening)
+    if dampening > 1.0:
+        raise ValueError(f"dampening must be in [0, 1], got {dampening}")
+    weight_decay = check_nonnegative("weight_decay", weight_decay)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {type(nesterov).__name__}")
+    if nesterov and (momentum <= 0.0 or dampening != 0.0):
+        raise ValueError(
+            "nesterov=True needs momentum > 0 and dampening == 0, "
+            f"got momentum={momentum}, dampening={dampening}"
+        )
+
+    def init(params: Sequence[Array]) -> SGDState:
+        xp, params = check_arrays("params", params)
+        return SGDState(0, _zeros_like(xp, params) if momentum > 0.0 else None)
+
+    def update(
+        grads: Sequence[Array], state: SGDState, params: Sequence[Array]
+    ) -> tuple[Arrays, SGDState]:
+        _check_step_inputs(grads, params)
+        first = state.step == 0
+        deltas, buffers = [], []
+        for i, (g, p) in enumerate(zip(grads, params)):
+            if weight_decay != 0.0:
+                g = g + weight_decay * p
+            if momentum > 0.0:
+                if first:
+                    b = _copy(g)
+                else:
+                    b = momentum * state.momentum_buffer[i] + (1.0 - dampening) * g
+                buffers.append(b)
+                g = g + momentum * b if nesterov else b
+            deltas.append(-lr * g)
+        new_buffers = tuple(buffers) if momentum > 0.0 else None
+        return tuple(deltas), SGDState(state.step + 1, new_buffers)
+
+    return InnerOptimizer(
+        init,
+        update,
+        "sgd",
+        dict(lr=lr, momentum=momentum, dampening=dampening,
+             weight_decay=weight_decay, nesterov=nesterov),
+    )
+
+
+def _copy(x: Array) -> Array:
+    xp = array_api_compat.array_namespace(x)
+    return xp.asarray(x, copy=True)
+
+
+def _adam_family(
+    name: str,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    decoupled: bool,
+) -> InnerOptimizer:
+    lr = check_nonnegative("lr", lr)
+    if not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    beta1 = check_unit_interval("betas[0]", betas[0])
+    beta2 = check_unit_interval("betas[1]", betas[1])
+    eps = check_nonnegative("eps", eps)
+    weight_decay = check_nonnegative("weight_decay", weight_decay)
+    if not isinstance(amsgrad, bool):
+        raise TypeError(f"amsgrad must be a bool, got {type(amsgrad).__name__}")
+
+    def init(params: Sequence[Array]) -> AdamState:
+        xp, params = check_arrays("params", params)
+        return AdamState(
+            0,
+            _zeros_like(xp, params),
+            _zeros_like(xp, params),
+            _zeros_like(xp, params) if amsgrad else None,
+        )
+
+    def update(
+        grads: Sequence[Array], state: AdamState, params: Sequence[Array]
+    ) -> tuple[Arrays, AdamState]:
+        xp = _check_step_inputs(grads, params)
+        step = state.step + 1
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+        step_size = lr / bias_correction1
+        deltas, ms, vs, vmaxs = [], [], [], []
+        for i, (g, p) in enumerate(zip(grads, params)):
+            if weight_decay != 0.0 and not decoupled:
+                g = g + weight_decay * p
+            m = lerp(state.exp_avg[i], g, 1.0 - beta1)
+            v = beta2 * state.exp_avg_sq[i] + (1.0 - beta2) * g * g
+            ms.append(m)
+            vs.append(v)
+            if amsgrad:
+                v = xp.maximum(state.max_exp_avg_sq[i], v)
+                vmaxs.append(v)
+            denom = xp.sqrt(v) / bias_correction2_sqrt + eps
+            delta = (-step_size * m) / denom
+            if weight_decay != 0.0 and decoupled:
+                delta = delta - (lr * weight_decay) * p
+            deltas.append(delta)
+        return tuple(deltas), AdamState(
+            step, tuple(ms), tuple(vs), tuple(vmaxs) if amsgrad else None
+        )
+
+    return InnerOptimizer(
+        init,
+        update,
+        name,
+        dict(lr=lr, betas=(beta1, beta2), eps=eps,
+             weight_decay=weight_decay, amsgrad=amsgrad),
+    )
+
+
+def adam(
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+) -> InnerOptimizer:
+    """Adam (Kingma & Ba) with ``torch.optim.Adam``'s conventions.
+
+    With ``g = ∇L + weight_decay·θ`` (L2), ``m ← lerp(m, g, 1 − β₁)``,
+    ``v ← β₂ v + (1 − β₂) g²``, step count s::
+
+        delta = −(lr / (1 − β₁ˢ)) · m / (√v / √(1 − β₂ˢ) + eps)
+
+    ``amsgrad`` uses the running maximum of v in the denominator.
+    """
+    return _adam_family("adam", lr, betas, eps, weight_decay, amsgrad, decoupled=False)
+
+
+def adamw(
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+) -> InnerOptimizer:
+    """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay.
+
+    As :func:`adam` without the L2 term, plus ``−lr·weight_decay·θ`` in delta,
+    following ``torch.optim.AdamW``.
+    """
+    return _adam_family("adamw", lr, betas, eps, weight_decay, amsgrad, decoupled=True)
