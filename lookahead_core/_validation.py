@@ -113,8 +113,14 @@ def check_matching(
             f"{name} must hold {len(refs)} arrays, one per entry of {ref_name}, "
             f"got {len(arrays)}"
         )
+    for i, a in enumerate(arrays):
+        if not array_api_compat.is_array_api_obj(a):
+            raise TypeError(f"{name}[{i}] must be an array, got {type(a).__name__}")
     xp = array_api_compat.array_namespace(*refs)
-    xa = array_api_compat.array_namespace(*arrays)
+    try:
+        xa = array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        raise TypeError(f"{name} must all come from one array library: {exc}") from None
     if xa is not xp:
         raise TypeError(
             f"{name} must come from the same array library as {ref_name} "
