@@ -1,14 +1,14 @@
 """Inner optimizers A of the paper, written once against the Array API.
 
-Each optimizer is an :class:`InnerOptimizer`: ``init(params) -> state`` and
+Each optimizer is an `InnerOptimizer`: ``init(params) -> state`` and
 ``update(grads, state, params) -> (delta, state)``, so that the fast-weight
-update is eq. 0.2 literally::
+update is eq. 0.2 literally:
 
     θ_{t,i} = θ_{t,i-1} + A(L, θ_{t,i-1}, d),   A(...) = delta
 
 The arithmetic follows ``torch.optim``'s single-tensor code path operation by
 operation, so float64 trajectories agree with PyTorch to ~1e-12 relative.
-Hyperparameters are coerced to Python floats at construction (DESIGN §4), so
+Hyperparameters are coerced to Python floats at construction (see the algorithm page), so
 they never change an array's dtype.
 """
 
@@ -54,7 +54,7 @@ class InnerOptimizer(NamedTuple):
 
 
 class SGDState(NamedTuple):
-    """State of :func:`sgd`.
+    """State of `sgd`.
 
     Attributes:
         step: number of updates taken so far (Python int).
@@ -66,7 +66,7 @@ class SGDState(NamedTuple):
 
 
 class AdamState(NamedTuple):
-    """State of :func:`adam` and :func:`adamw` (PyTorch's names).
+    """State of `adam` and `adamw` (PyTorch's names).
 
     Attributes:
         step: number of updates taken so far (Python int; bias corrections use it).
@@ -85,7 +85,7 @@ def lerp(start: Array, end: Array, weight: float) -> Array:
     """Two-sided linear interpolation ``start + weight * (end - start)``.
 
     Exact at both ends: ``weight == 0`` returns ``start`` and ``weight == 1``
-    returns ``end`` bit for bit. This is ``torch.lerp``'s formula (DESIGN §4)::
+    returns ``end`` bit for bit. This is ``torch.lerp``'s formula:
 
         start + w (end - start)          if w < 0.5
         end - (1 - w) (end - start)      otherwise
@@ -256,7 +256,7 @@ def adam(
     """Adam (Kingma & Ba) with ``torch.optim.Adam``'s conventions.
 
     With ``g = ∇L + weight_decay·θ`` (L2), ``m ← lerp(m, g, 1 − β₁)``,
-    ``v ← β₂ v + (1 − β₂) g²``, step count s::
+    ``v ← β₂ v + (1 − β₂) g²``, step count s:
 
         delta = −(lr / (1 − β₁ˢ)) · m / (√v / √(1 − β₂ˢ) + eps)
 
@@ -274,7 +274,7 @@ def adamw(
 ) -> InnerOptimizer:
     """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay.
 
-    As :func:`adam` without the L2 term, plus ``−lr·weight_decay·θ`` in delta,
+    As `adam` without the L2 term, plus ``−lr·weight_decay·θ`` in delta,
     following ``torch.optim.AdamW``.
     """
     return _adam_family("adamw", lr, betas, eps, weight_decay, amsgrad, decoupled=True)

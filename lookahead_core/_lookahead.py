@@ -1,6 +1,5 @@
 """Lookahead (Zhang, Lucas, Hinton, Ba, 2019), Algorithm 1, as pure functions.
 
-::
 
     φ₀ ← θ₀
     for t = 1, 2, …:
@@ -9,7 +8,7 @@
         φ_t ← φ_{t-1} + α (θ_{t,k} − φ_{t-1})                         (sync)
 
 Unrolled, the slow weights are an exponential moving average of the fast
-weights at the end of each inner loop (eq. 0.1), see :func:`ema_closed_form`.
+weights at the end of each inner loop (eq. 0.1), see `ema_closed_form`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ Arrays = tuple[Array, ...]
 
 
 class LookaheadState(NamedTuple):
-    """State of :func:`lookahead`.
+    """State of `lookahead`.
 
     Attributes:
         slow: the slow weights φ, one array per parameter.
@@ -44,7 +43,7 @@ class LookaheadState(NamedTuple):
 
 
 class Lookahead(NamedTuple):
-    """The optimizer returned by :func:`lookahead`.
+    """The optimizer returned by `lookahead`.
 
     Attributes:
         init: ``init(params) -> LookaheadState``; φ₀ is a copy of θ₀.
@@ -93,8 +92,8 @@ def lookahead(inner: InnerOptimizer, k: int = 5, alpha: float = 0.5) -> Lookahea
             the fast weights to φ₀ every k steps.
 
     Returns:
-        A :class:`Lookahead` with pure ``init``, ``step`` and ``sync``.
-        The inner optimizer's state is not touched by a sync.
+        A `Lookahead` with pure ``init``, ``step`` and ``sync``. The inner
+            optimizer's state is not touched by a sync.
     """
     if not isinstance(inner, InnerOptimizer):
         raise TypeError(
@@ -138,9 +137,9 @@ def lookahead(inner: InnerOptimizer, k: int = 5, alpha: float = 0.5) -> Lookahea
 def ema_closed_form(phi0: Array, fast_before_syncs: Sequence[Array], alpha: float) -> Array:
     """Slow weights after t syncs in closed form (eq. 0.1).
 
-    .. math::
-
-        φ_t = α \\sum_{j=1}^{t} (1-α)^{t-j} θ_{j,k} + (1-α)^t φ_0
+    $$
+    \\phi_t = \\alpha \\sum_{j=1}^{t} (1-\\alpha)^{t-j} \\theta_{j,k} + (1-\\alpha)^t \\phi_0
+    $$
 
     Args:
         phi0: the initial slow weights φ₀ (= θ₀), one array.

@@ -1,11 +1,11 @@
 """lookahead_conformance: certify a Lookahead backend against eq. 0.1 and the reference.
 
-Two runners share one set of checks (:mod:`lookahead_conformance.checks`):
+Two runners share one set of checks (`lookahead_conformance.checks`):
 
 * ``pytest --pyargs lookahead_conformance --lookahead-backend=NAME``
 * ``python -m lookahead_conformance [--backend NAME] [--json FILE]``
 
-A backend implements :class:`~lookahead_conformance.backends.Backend` and is
+A backend implements `lookahead_conformance.backends.Backend` and is
 registered under the entry-point group ``lookahead.backends``.
 """
 

@@ -66,7 +66,7 @@ class Runner(Protocol):
         """A checkpoint of everything needed to resume (fast weights included)."""
 
     def restore(self, saved: Any) -> None:
-        """Resume from :meth:`save`'s result (called on a freshly created runner)."""
+        """Resume from `save`'s result (called on a freshly created runner)."""
 
 
 @runtime_checkable

@@ -1,7 +1,7 @@
 """The conformance checks: each certifies one rule of the paper or of DESIGN.md.
 
-Every check takes a :class:`~lookahead_conformance.backends.Backend` and returns a
-:class:`CheckResult`. Errors are reported in units of ``finfo(dtype).eps``
+Every check takes a `lookahead_conformance.backends.Backend` and returns a
+`CheckResult`. Errors are reported in units of ``finfo(dtype).eps``
 relative to the largest magnitude involved, so one table reads the same for
 float32 and float64. Tolerances grow with the number of roundings (syncs or
 steps), never with a fudge for one backend.
