@@ -90,10 +90,11 @@ def lerp(start: Array, end: Array, weight: float) -> Array:
         start + w (end - start)          if w < 0.5
         end - (1 - w) (end - start)      otherwise
     """
+    xp = array_api_compat.array_namespace(start, end)
     diff = end - start
     if weight < 0.5:
-        return start + weight * diff
-    return end - (1.0 - weight) * diff
+        return xp.asarray(start + weight * diff)
+    return xp.asarray(end - (1.0 - weight) * diff)
 
 
 def _check_step_inputs(grads: Sequence[Array], params: Sequence[Array]) -> Any:
@@ -150,7 +151,7 @@ def sgd(
     def update(
         grads: Sequence[Array], state: SGDState, params: Sequence[Array]
     ) -> tuple[Arrays, SGDState]:
-        _check_step_inputs(grads, params)
+        xp = _check_step_inputs(grads, params)
         first = state.step == 0
         deltas, buffers = [], []
         for i, (g, p) in enumerate(zip(grads, params)):
@@ -160,10 +161,10 @@ def sgd(
                 if first:
                     b = _copy(g)
                 else:
-                    b = momentum * state.momentum_buffer[i] + (1.0 - dampening) * g
+                    b = xp.asarray(momentum * state.momentum_buffer[i] + (1.0 - dampening) * g)
                 buffers.append(b)
                 g = g + momentum * b if nesterov else b
-            deltas.append(-lr * g)
+            deltas.append(xp.asarray(-lr * g))
         new_buffers = tuple(buffers) if momentum > 0.0 else None
         return tuple(deltas), SGDState(state.step + 1, new_buffers)
 
@@ -222,17 +223,17 @@ def _adam_family(
             if weight_decay != 0.0 and not decoupled:
                 g = g + weight_decay * p
             m = lerp(state.exp_avg[i], g, 1.0 - beta1)
-            v = beta2 * state.exp_avg_sq[i] + (1.0 - beta2) * g * g
+            v = xp.asarray(beta2 * state.exp_avg_sq[i] + (1.0 - beta2) * g * g)
             ms.append(m)
             vs.append(v)
             if amsgrad:
-                v = xp.maximum(state.max_exp_avg_sq[i], v)
+                v = xp.asarray(xp.maximum(state.max_exp_avg_sq[i], v))
                 vmaxs.append(v)
             denom = xp.sqrt(v) / bias_correction2_sqrt + eps
             delta = (-step_size * m) / denom
             if weight_decay != 0.0 and decoupled:
                 delta = delta - (lr * weight_decay) * p
-            deltas.append(delta)
+            deltas.append(xp.asarray(delta))
         return tuple(deltas), AdamState(
             step, tuple(ms), tuple(vs), tuple(vmaxs) if amsgrad else None
         )

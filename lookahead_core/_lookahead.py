@@ -115,10 +115,11 @@ def lookahead(inner: InnerOptimizer, k: int = 5, alpha: float = 0.5) -> Lookahea
     def step(
         params: Sequence[Array], grads: Sequence[Array], state: LookaheadState
     ) -> tuple[Arrays, LookaheadState]:
-        _, params = check_arrays("params", params)
+        xp, params = check_arrays("params", params)
         _check_state(params, state)
         delta, inner_state = inner.update(grads, state.inner, params)
-        fast = tuple(p + d for p, d in zip(params, delta))
+        # asarray: NumPy turns 0-d arithmetic into scalars; arrays in, arrays out.
+        fast = tuple(xp.asarray(p + d) for p, d in zip(params, delta))
         count = state.count + 1
         if count < k:
             return fast, LookaheadState(state.slow, inner_state, count)
@@ -159,4 +160,4 @@ def ema_closed_form(phi0: Array, fast_before_syncs: Sequence[Array], alpha: floa
     result = (1.0 - alpha) ** t * phi0
     for j, theta in enumerate(fast, start=1):
         result = result + (alpha * (1.0 - alpha) ** (t - j)) * theta
-    return result
+    return xp.asarray(result)

@@ -1,0 +1,73 @@
+"""Shared fixtures for the test suite.
+
+``xp`` runs a test once per array library (in the style of SciPy's ``xp``
+fixture): NumPy, array-api-strict, PyTorch (CPU) and JAX. The fixture yields
+the array-api-compat namespace of the library, so that tests use one portable
+API (``xp.asarray``, ``xp.float64``, ...); a library that is not installed is
+skipped with the reason "<lib> not installed".
+
+Helpers that are plain functions (conversion to NumPy, memory sharing, ...)
+live in ``tests/core_helpers.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+# JAX computes in float32 unless float64 is enabled before the first array is
+# created; the float64 comparisons (1e-12 relative) need it on every backend.
+try:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+except ImportError:  # pragma: no cover - jax is optional
+    jax = None
+
+# One intra-op thread: reductions and elementwise kernels then run in one fixed
+# order, which the bit-exact comparisons against PyTorch rely on.
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is optional
+    torch = None
+
+
+# name used in test ids -> module to import (the library itself, whose
+# array-api-compat namespace is what the fixture yields)
+XP_LIBRARIES = {
+    "numpy": "numpy",
+    "array_api_strict": "array_api_strict",
+    "torch": "torch",
+    "jax.numpy": "jax.numpy",
+}
+
+
+def _namespace(name: str):
+    """Import library ``name`` and return its array-api-compat namespace, or skip."""
+    try:
+        lib = importlib.import_module(XP_LIBRARIES[name])
+    except ImportError:
+        pytest.skip(f"{name} not installed")
+    import array_api_compat
+
+    # The namespace of a real array of that library: array_api_compat.numpy for
+    # NumPy, array_api_compat.torch for PyTorch, the library itself for
+    # array-api-strict and jax.numpy.
+    return array_api_compat.array_namespace(lib.asarray([0.0]))
+
+
+@pytest.fixture(params=[pytest.param(name, id=name) for name in XP_LIBRARIES])
+def xp(request):
+    """The array-api-compat namespace of one array library (CPU)."""
+    return _namespace(request.param)
+
+
+@pytest.fixture
+def rng():
+    """A seeded NumPy generator: test data are reproducible run to run."""
+    import numpy as np
+
+    return np.random.default_rng(20190719)  # arXiv 1907.08610
