@@ -1,6 +1,6 @@
 """pytest plugin (entry point ``pytest11``): ``--lookahead-backend`` and ``--lookahead-xfail``.
 
-Run the suite on a backend with::
+Run the suite on a backend with:
 
     pytest --pyargs lookahead_conformance --lookahead-backend=numpy
 
