@@ -226,8 +226,27 @@ def registered_backends() -> dict[str, Backend]:
     """All backends registered under the ``lookahead.backends`` entry-point group."""
     found: dict[str, Backend] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = ep.load()
+        try:
+            found[ep.name] = ep.load()
+        except Exception as exc:  # one broken plugin must not hide the others
+            found[ep.name] = _Unloadable(ep.name, f"entry point {ep.value} failed to load: {exc!r}")
     return found
+
+
+class _Unloadable:
+    """Stands in for a registered backend whose entry point cannot be loaded."""
+
+    dtypes: tuple[str, ...] = ()
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self._reason = reason
+
+    def skip_reason(self) -> str | None:
+        return self._reason
+
+    def create(self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float) -> Runner:
+        raise RuntimeError(self._reason)
 
 
 def load_backend(spec: str) -> Backend:

@@ -1,0 +1,1 @@
+"""lookahead_cupy: in-place Lookahead on CuPy arrays (in progress)."""

@@ -1,0 +1,1 @@
+"""lookahead_torch: Lookahead as a torch.optim.Optimizer (in progress)."""
