@@ -8,9 +8,9 @@ PIP    := $(PY) -m pip
 # The CPU build of torch that lies on this machine's disk; extras ask only torch>=2.4,
 # so pinning it first keeps pip from fetching a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test,docs,demo,jax,torch
+EXTRAS ?= test,docs,demo,jax,torch,cupy
 
-.PHONY: demo test test-fast docs venv clean
+.PHONY: demo figures test test-fast docs venv clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(PY) experiments/demo.py
+
+# The Theory page's figures (docs/assets/theory_*.png), in well under a minute.
+figures: venv
+	$(PY) experiments/theory_figures.py
 
 test: venv
 	$(PY) -m pytest

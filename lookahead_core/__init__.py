@@ -13,11 +13,24 @@ it works on NumPy, array-api-strict, PyTorch, JAX and CuPy arrays through
 """
 
 from ._inner import AdamState, InnerOptimizer, SGDState, adam, adamw, lerp, sgd
-from ._lookahead import Lookahead, LookaheadState, ema_closed_form, lookahead, sync_slow
+from ._lookahead import (
+    ALPHA_MODES,
+    AdaptiveLookaheadState,
+    Lookahead,
+    LookaheadState,
+    ema_closed_form,
+    lookahead,
+    secant_alpha,
+    secant_alpha_terms,
+    sync_slow,
+)
 from ._validation import check_alpha, check_arrays, check_k, check_matching
+from . import theory
 
 __all__ = [
+    "ALPHA_MODES",
     "AdamState",
+    "AdaptiveLookaheadState",
     "InnerOptimizer",
     "Lookahead",
     "LookaheadState",
@@ -31,8 +44,11 @@ __all__ = [
     "ema_closed_form",
     "lerp",
     "lookahead",
+    "secant_alpha",
+    "secant_alpha_terms",
     "sgd",
     "sync_slow",
+    "theory",
 ]
 
 __version__ = "0.1.0"

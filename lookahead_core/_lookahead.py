@@ -9,10 +9,16 @@
 
 Unrolled, the slow weights are an exponential moving average of the fast
 weights at the end of each inner loop (eq. 0.1), see `ema_closed_form`.
+
+Opt-in adaptive α (``alpha_mode="adaptive"``) replaces the fixed α of each
+sync by a gradient-only estimate of Proposition 1's ``α*`` (eq. 0.3), see
+`secant_alpha_terms` and `secant_alpha`.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -21,7 +27,20 @@ import array_api_compat
 from ._inner import InnerOptimizer, lerp
 from ._validation import check_alpha, check_arrays, check_k, check_matching
 
-__all__ = ["Lookahead", "LookaheadState", "ema_closed_form", "lookahead", "sync_slow"]
+__all__ = [
+    "ALPHA_MODES",
+    "AdaptiveLookaheadState",
+    "Lookahead",
+    "LookaheadState",
+    "ema_closed_form",
+    "lookahead",
+    "secant_alpha",
+    "secant_alpha_terms",
+    "sync_slow",
+]
+
+ALPHA_MODES = ("fixed", "adaptive")
+"""The values `lookahead` accepts for ``alpha_mode``."""
 
 Array = Any
 Arrays = tuple[Array, ...]
@@ -42,26 +61,63 @@ class LookaheadState(NamedTuple):
     count: int
 
 
+class AdaptiveLookaheadState(NamedTuple):
+    """State of `lookahead` with ``alpha_mode="adaptive"``.
+
+    Attributes:
+        slow: the slow weights φ, one array per parameter.
+        inner: the inner optimizer's state.
+        count: executed inner steps in the current cycle, in ``[0, k]``.
+            ``count == k`` means the cycle's k inner steps are done and the
+            sync is pending: the next ``step`` call receives ∇L(θ_{t,k}),
+            estimates α from it and syncs, without an inner step.
+        start_grads: ∇L(θ_{t,0}), a copy of the gradients the first inner
+            step of the current cycle received (zeros before the first step).
+            This is adaptive mode's one extra parameter-sized buffer.
+        last_alpha: the α the most recent sync used (a Python float in
+            ``[alpha_min, 1]``), ``None`` before the first sync.
+    """
+
+    slow: Arrays
+    inner: Any
+    count: int
+    start_grads: Arrays
+    last_alpha: float | None
+
+
+AnyLookaheadState = LookaheadState | AdaptiveLookaheadState
+"""`LookaheadState` (fixed α, the default) or `AdaptiveLookaheadState`."""
+
+
 class Lookahead(NamedTuple):
     """The optimizer returned by `lookahead`.
 
     Attributes:
-        init: ``init(params) -> LookaheadState``; φ₀ is a copy of θ₀.
+        init: ``init(params) -> state``; φ₀ is a copy of θ₀. The state is a
+            `LookaheadState`, or an `AdaptiveLookaheadState` in adaptive mode.
         step: ``step(params, grads, state) -> (params, state)``: one inner
-            step (eq. 0.2), then a sync if it was the k-th of the cycle.
+            step (eq. 0.2), then a sync if it was the k-th of the cycle. In
+            adaptive mode the sync is the separate call after the k-th step.
         sync: ``sync(params, state) -> (params, state)``: the outer update
-            now, whatever the position in the cycle.
+            now with the fixed ``alpha``, whatever the position in the cycle.
         inner: the inner optimizer A.
         k: synchronization period.
-        alpha: slow weights step size α.
+        alpha: slow weights step size α; in adaptive mode the fallback α.
+        alpha_mode: ``"fixed"`` (the paper) or ``"adaptive"``.
+        alpha_min: lower end of the adaptive α range ``[alpha_min, 1]``
+            (unused with a fixed α).
     """
 
-    init: Callable[[Sequence[Array]], LookaheadState]
-    step: Callable[[Sequence[Array], Sequence[Array], LookaheadState], tuple[Arrays, LookaheadState]]
-    sync: Callable[[Sequence[Array], LookaheadState], tuple[Arrays, LookaheadState]]
+    init: Callable[[Sequence[Array]], AnyLookaheadState]
+    step: Callable[
+        [Sequence[Array], Sequence[Array], AnyLookaheadState], tuple[Arrays, AnyLookaheadState]
+    ]
+    sync: Callable[[Sequence[Array], AnyLookaheadState], tuple[Arrays, AnyLookaheadState]]
     inner: InnerOptimizer
     k: int
     alpha: float
+    alpha_mode: str = "fixed"
+    alpha_min: float = 0.1
 
 
 def _copy(xp: Any, x: Array) -> Array:
@@ -81,7 +137,14 @@ def sync_slow(
     return tuple(_copy(xp, s) for s in new_slow), new_slow
 
 
-def lookahead(inner: InnerOptimizer, k: int = 5, alpha: float = 0.5) -> Lookahead:
+def lookahead(
+    inner: InnerOptimizer,
+    k: int = 5,
+    alpha: float = 0.5,
+    *,
+    alpha_mode: str = "fixed",
+    alpha_min: float = 0.1,
+) -> Lookahead:
     """Wrap an inner optimizer A in Lookahead (Algorithm 1).
 
     Args:
@@ -89,7 +152,21 @@ def lookahead(inner: InnerOptimizer, k: int = 5, alpha: float = 0.5) -> Lookahea
         k: synchronization period, an ``int`` >= 1 (bool rejected).
         alpha: slow weights step size, a finite real in [0, 1].
             ``alpha = 1`` is the inner optimizer alone, ``alpha = 0`` resets
-            the fast weights to φ₀ every k steps.
+            the fast weights to φ₀ every k steps. In adaptive mode, the α
+            used when the estimate is undefined (must lie in ``[alpha_min, 1]``).
+        alpha_mode: ``"fixed"`` (default, the paper's Algorithm 1) or
+            ``"adaptive"``: each sync uses ``secant_alpha`` of
+            ``secant_alpha_terms(φ, θ_{t,k}, ∇L(θ_{t,0}), ∇L(θ_{t,k}))``,
+            Proposition 1's ``α*`` (eq. 0.3) estimated from gradients alone and
+            clipped to ``[alpha_min, 1]``. A cycle then takes k + 1 ``step``
+            calls: k inner steps, then one call whose gradient (at θ_{t,k})
+            only serves the estimate and the sync. Cost: one extra gradient
+            evaluation per cycle and one extra parameter-sized buffer
+            (∇L(θ_{t,0})).
+        alpha_min: lower end of the adaptive range, a finite real in [0, 1];
+            the default 0.1 keeps the slow weights moving every cycle when a
+            noisy estimate is small or negative. Validated in both modes,
+            used only in adaptive mode.
 
     Returns:
         A `Lookahead` with pure ``init``, ``step`` and ``sync``. The inner
@@ -102,6 +179,21 @@ def lookahead(inner: InnerOptimizer, k: int = 5, alpha: float = 0.5) -> Lookahea
         )
     k = check_k(k)
     alpha = check_alpha(alpha)
+    if not isinstance(alpha_mode, str):
+        raise TypeError(
+            f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r} "
+            f"of type {type(alpha_mode).__name__}"
+        )
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+    alpha_min = check_alpha(alpha_min, name="alpha_min")
+    if alpha_mode == "adaptive":
+        if alpha < alpha_min:
+            raise ValueError(
+                f"alpha (the fallback of adaptive mode) must be in [alpha_min, 1] = "
+                f"[{alpha_min}, 1], got {alpha}"
+            )
+        return _adaptive_lookahead(inner, k, alpha, alpha_min)
 
     def init(params: Sequence[Array]) -> LookaheadState:
         xp, params = check_arrays("params", params)
@@ -132,7 +224,157 @@ def lookahead(inner: InnerOptimizer, k: int = 5, alpha: float = 0.5) -> Lookahea
         fast, slow = sync_slow(params, state.slow, alpha)
         return fast, LookaheadState(slow, state.inner, 0)
 
-    return Lookahead(init, step, sync, inner, k, alpha)
+    return Lookahead(init, step, sync, inner, k, alpha, alpha_mode, alpha_min)
+
+
+def _adaptive_lookahead(
+    inner: InnerOptimizer, k: int, alpha: float, alpha_min: float
+) -> Lookahead:
+    """`lookahead` with ``alpha_mode="adaptive"`` (arguments already validated).
+
+    Why a separate sync call: the k-th inner step evaluates its gradient at
+    θ_{t,k-1}, so ∇L(θ_{t,k}), which the estimate needs, exists only once the
+    caller has evaluated the loss at the returned θ_{t,k}. Taking it through
+    the next ``step`` call keeps the training loop unchanged (always pass the
+    gradient at the parameters you were given) and the estimate exact on
+    quadratics; a gradient extrapolated from the next cycle would not be.
+    """
+
+    def init(params: Sequence[Array]) -> AdaptiveLookaheadState:
+        xp, params = check_arrays("params", params)
+        return AdaptiveLookaheadState(
+            tuple(_copy(xp, p) for p in params),
+            inner.init(params),
+            0,
+            tuple(xp.zeros_like(p) for p in params),
+            None,
+        )
+
+    def _check_state(params: Sequence[Array], state: AdaptiveLookaheadState) -> None:
+        if not isinstance(state, AdaptiveLookaheadState):
+            raise TypeError(
+                "state must be an AdaptiveLookaheadState (alpha_mode='adaptive'), "
+                f"got {type(state).__name__}"
+            )
+        check_matching("params", params, "state.slow", state.slow)
+
+    def step(
+        params: Sequence[Array], grads: Sequence[Array], state: AdaptiveLookaheadState
+    ) -> tuple[Arrays, AdaptiveLookaheadState]:
+        xp, params = check_arrays("params", params)
+        _check_state(params, state)
+        if state.count == k:
+            # grads = ∇L(θ_{t,k}): estimate α* (eq. 0.3) and sync; no inner step.
+            numerator, denominator = secant_alpha_terms(
+                state.slow, params, state.start_grads, grads
+            )
+            step_alpha = secant_alpha(numerator, denominator, alpha_min, alpha)
+            fast, slow = sync_slow(params, state.slow, step_alpha)
+            return fast, AdaptiveLookaheadState(
+                slow, state.inner, 0, state.start_grads, step_alpha
+            )
+        delta, inner_state = inner.update(grads, state.inner, params)
+        fast = tuple(xp.asarray(p + d) for p, d in zip(params, delta))
+        # First step of a cycle: params = θ_{t,0} = φ, grads = ∇L(θ_{t,0}).
+        start_grads = (
+            tuple(_copy(xp, g) for g in grads) if state.count == 0 else state.start_grads
+        )
+        return fast, AdaptiveLookaheadState(
+            state.slow, inner_state, state.count + 1, start_grads, state.last_alpha
+        )
+
+    def sync(
+        params: Sequence[Array], state: AdaptiveLookaheadState
+    ) -> tuple[Arrays, AdaptiveLookaheadState]:
+        _, params = check_arrays("params", params)
+        _check_state(params, state)
+        fast, slow = sync_slow(params, state.slow, alpha)
+        return fast, AdaptiveLookaheadState(slow, state.inner, 0, state.start_grads, alpha)
+
+    return Lookahead(init, step, sync, inner, k, alpha, "adaptive", alpha_min)
+
+
+def _as_python_real(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name} must be a real number (Python float), "
+            f"got {value!r} of type {type(value).__name__}"
+        )
+    return float(value)
+
+
+def secant_alpha_terms(
+    slow: Sequence[Array],
+    fast: Sequence[Array],
+    start_grads: Sequence[Array],
+    end_grads: Sequence[Array],
+) -> tuple[float, float]:
+    """The two inner products of the gradient-only ``α*`` estimate (eq. 0.3).
+
+    With θ_{t,0} = φ (``slow``), θ_{t,k} (``fast``), g₀ = ∇L(θ_{t,0}) and
+    g_k = ∇L(θ_{t,k}), and d = θ_{t,0} − θ_{t,k} over all parameters at once:
+
+        numerator   = g₀ᵀ d            = (θ_{t,0} − θ*)ᵀ A d
+        denominator = (g₀ − g_k)ᵀ d    = dᵀ A d
+
+    The equalities hold for L(x) = ½xᵀAx − bᵀx, where ``∇L(x) = A(x − θ*)``,
+    so ``numerator / denominator`` is Proposition 1's ``α*`` without A or ``θ*``.
+    Each array's products are summed in its own dtype (16-bit floats are
+    promoted to float32 first) and the per-array sums in Python floats.
+
+    Args:
+        slow: θ_{t,0}, the slow weights before the sync.
+        fast: θ_{t,k}, the fast weights at the end of the inner loop.
+        start_grads: ∇L(θ_{t,0}).
+        end_grads: ∇L(θ_{t,k}).
+
+    Returns:
+        ``(numerator, denominator)`` as Python floats.
+    """
+    xp, slow = check_arrays("slow", slow)
+    for name, arrays in (("fast", fast), ("start_grads", start_grads), ("end_grads", end_grads)):
+        check_arrays(name, arrays)
+        check_matching(name, arrays, "slow", slow)
+    numerator = 0.0
+    denominator = 0.0
+    for phi, theta, g0, gk in zip(slow, fast, start_grads, end_grads):
+        if xp.finfo(phi.dtype).bits < 32:
+            phi, theta, g0, gk = (xp.astype(x, xp.float32) for x in (phi, theta, g0, gk))
+        d = phi - theta
+        numerator += float(xp.sum(g0 * d))
+        denominator += float(xp.sum((g0 - gk) * d))
+    return numerator, denominator
+
+
+def secant_alpha(
+    numerator: float, denominator: float, alpha_min: float, fallback: float
+) -> float:
+    """Adaptive α: ``numerator / denominator`` clipped to ``[alpha_min, 1]``.
+
+    The two numbers are those of `secant_alpha_terms`. When the estimate is
+    undefined (``denominator <= 0``: no positive curvature along the line,
+    e.g. θ_{t,k} = θ_{t,0} or gradient noise; or a non-finite input) the
+    result is ``fallback``. Adapters compute the two sums with their own
+    kernels and call this function, so every backend clips the same way.
+
+    Args:
+        numerator: g₀ᵀ(θ_{t,0} − θ_{t,k}).
+        denominator: (g₀ − g_k)ᵀ(θ_{t,0} − θ_{t,k}).
+        alpha_min: lower end of the range, in [0, 1].
+        fallback: the α used when the estimate is undefined, in [alpha_min, 1].
+
+    Returns:
+        A Python float in ``[alpha_min, 1]``.
+    """
+    numerator = _as_python_real("numerator", numerator)
+    denominator = _as_python_real("denominator", denominator)
+    alpha_min = check_alpha(alpha_min, name="alpha_min")
+    fallback = check_alpha(fallback, name="fallback")
+    if fallback < alpha_min:
+        raise ValueError(f"fallback must be in [alpha_min, 1] = [{alpha_min}, 1], got {fallback}")
+    if not (math.isfinite(numerator) and math.isfinite(denominator)) or denominator <= 0.0:
+        return fallback
+    return min(max(numerator / denominator, alpha_min), 1.0)
 
 
 def ema_closed_form(phi0: Array, fast_before_syncs: Sequence[Array], alpha: float) -> Array:
