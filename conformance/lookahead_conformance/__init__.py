@@ -1,24 +1,32 @@
 """lookahead_conformance: certify a Lookahead backend against eq. 0.1 and the reference.
 
-Two runners share one set of checks (`lookahead_conformance.checks`):
+A backend implements `lookahead_conformance.protocol.Backend` and registers
+under the entry-point group ``lookahead.backends`` (or is named as
+``module:attr``). Two runners share one set of checks
+(`lookahead_conformance.checks`):
 
 * ``pytest --pyargs lookahead_conformance --lookahead-backend=NAME``
 * ``python -m lookahead_conformance [--backend NAME] [--json FILE]``
-
-A backend implements `lookahead_conformance.backends.Backend` and is
-registered under the entry-point group ``lookahead.backends``.
 """
 
-from .backends import Backend, InnerSpec, Runner, load_backend, registered_backends
 from .checks import CHECKS, CheckResult, run_check
+from .protocol import Backend, InnerSpec, Runner, protocol_violations
+from .registry import BrokenBackend, builtin_backend_names, load_backend, registered_backends
+from .report import BackendReport, certify, format_report
 
 __all__ = [
     "CHECKS",
     "Backend",
+    "BackendReport",
+    "BrokenBackend",
     "CheckResult",
     "InnerSpec",
     "Runner",
+    "builtin_backend_names",
+    "certify",
+    "format_report",
     "load_backend",
+    "protocol_violations",
     "registered_backends",
     "run_check",
 ]

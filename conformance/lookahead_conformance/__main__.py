@@ -1,63 +1,66 @@
-"""``python -m lookahead_conformance``: a backend × check table; exit 1 on any failure."""
+"""``python -m lookahead_conformance``: certify backends and print the backend × check report.
+
+Exit status: 0 when nothing failed (skipped backends and n/a checks are not
+failures), 1 when any check failed or a backend could not be loaded, 2 on a
+usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
-from .backends import load_backend, registered_backends
-from .checks import CHECKS, CheckResult, run_check
+from .checks import CHECKS
+from .registry import registered_backends
+from .report import certify, format_report, report_json
 
 
-def _cell(result: CheckResult) -> str:
-    if not result.passed:
-        return "FAIL"
-    return "pass" if result.worst_eps == 0 else f"pass ({result.worst_eps:.1f} eps)"
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lookahead_conformance",
+        description="Certify Lookahead backends against eq. 0.1 and the reference implementation.",
+    )
+    parser.add_argument(
+        "--backend", action="append", default=[], metavar="NAME",
+        help="a registered name, 'all' (the default) or 'module:attr'; repeatable",
+    )
+    parser.add_argument(
+        "--check", action="append", default=[], metavar="CHECK", choices=list(CHECKS),
+        help="run only this check (repeatable): " + ", ".join(CHECKS),
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the results to FILE as JSON")
+    parser.add_argument("--list", action="store_true",
+                        help="list the registered backends and the checks, then exit")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lookahead_conformance", description=__doc__)
-    parser.add_argument("--backend", action="append", default=[],
-                        help="registered name, 'all' (default) or 'module:attr'; repeatable")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    """Run the CLI; returns the exit status."""
+    parser = _parser()
     args = parser.parse_args(argv)
-    names = args.backend or ["all"]
-    if "all" in names:
-        names = sorted(registered_backends())
-
-    rows: dict[str, dict[str, CheckResult] | str] = {}
-    for name in names:
-        backend = load_backend(name)
-        reason = backend.skip_reason()
-        rows[name] = reason if reason else {check: run_check(check, backend) for check in CHECKS}
-
-    print("| backend | " + " | ".join(CHECKS) + " |")
-    print("|---" * (len(CHECKS) + 1) + "|")
-    failures = []
-    for name, results in rows.items():
-        if isinstance(results, str):
-            print(f"| {name} | " + " | ".join(["skipped"] * len(CHECKS)) + f" |  ({results})")
-            continue
-        print(f"| {name} | " + " | ".join(_cell(r) for r in results.values()) + " |")
-        failures += [f"{name}::{r.name}: {r.detail}" for r in results.values() if not r.passed]
-    for line in failures:
-        print("FAILED", line)
-
+    if args.list:
+        for name, backend in registered_backends().items():
+            print(f"backend  {name}: {backend!r}")
+        for check in CHECKS.values():
+            print(f"check    {check.name}: {check.summary}")
+        return 0
+    names: list[str] = []
+    for name in args.backend or ["all"]:
+        for expanded in (list(registered_backends()) if name == "all" else [name]):
+            if expanded not in names:
+                names.append(expanded)
+    checks = args.check or None
+    try:
+        reports = [certify(name, checks) for name in names]
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(format_report(reports, checks))
     if args.json:
-        payload = {
-            name: results if isinstance(results, str) else {
-                r.name: {"passed": r.passed,
-                         "worst_eps": None if math.isnan(r.worst_eps) else r.worst_eps,
-                         "detail": r.detail}
-                for r in results.values()
-            }
-            for name, results in rows.items()
-        }
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
-    return 1 if failures else 0
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report_json(reports, checks), fh, indent=2)
+            fh.write("\n")
+    return 1 if any(r.failed for r in reports) else 0
 
 
 if __name__ == "__main__":

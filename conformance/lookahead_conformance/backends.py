@@ -1,94 +1,72 @@
-"""The ``Backend`` protocol and the built-in backends.
+"""The built-in backends: the core on each Array API library, and the NumPy adapter.
 
-A backend tells the conformance checks how to build a Lookahead optimizer for
-an inner-optimizer spec, step it with gradients given as NumPy arrays, and read
-the fast and slow weights back as NumPy arrays. Everything crosses the
-boundary as NumPy so that the checks (and the float64 oracle) are
-backend-neutral.
+Each is registered under the entry-point group ``lookahead.backends`` in the
+project's ``pyproject.toml``:
 
-Built-in backends register under the entry-point group ``lookahead.backends``;
-a third party registers theirs the same way, or passes ``module:attr``.
+| name | what runs |
+|---|---|
+| ``numpy`` | `lookahead_numpy.Lookahead`, in place on NumPy arrays |
+| ``core-numpy``, ``core-array-api-strict``, ``core-torch``, ``core-jax`` | the functional `lookahead_core.lookahead` on that library's arrays |
+
+The PyTorch and CuPy adapters register their own backends (``torch``,
+``torch-cuda``, ``cupy``) from their packages. Nothing here imports an array
+library before a backend is used, so every entry point loads on any machine.
+
+The protocol and the registry live in `lookahead_conformance.protocol` and
+`lookahead_conformance.registry`; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from importlib.metadata import entry_points
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from .protocol import Backend, InnerSpec, Runner, protocol_violations
+from .registry import BrokenBackend, load_backend, registered_backends
+
 __all__ = [
     "Backend",
+    "BrokenBackend",
     "CoreBackend",
     "InnerSpec",
     "NumpyAdapterBackend",
     "Runner",
     "load_backend",
+    "protocol_violations",
     "registered_backends",
 ]
 
-ENTRY_POINT_GROUP = "lookahead.backends"
+
+def _shares_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(a.size and b.size and np.shares_memory(a, b))
 
 
-class InnerSpec(NamedTuple):
-    """An inner optimizer by name (``"sgd"``, ``"adam"``, ``"adamw"``) and hyperparameters.
-
-    The names and hyperparameters are those of ``lookahead_core``'s
-    constructors, which follow ``torch.optim``.
-    """
-
-    name: str
-    hyperparams: dict[str, Any]
-
-    def build_core(self) -> Any:
-        """The ``lookahead_core`` inner optimizer for this spec."""
-        import lookahead_core as lc
-
-        return {"sgd": lc.sgd, "adam": lc.adam, "adamw": lc.adamw}[self.name](**self.hyperparams)
+def _any_aliasing(fast: Sequence[np.ndarray], slow: Sequence[np.ndarray]) -> bool:
+    # Every pair, not only matching indices: slow[1] inside fast[0] is aliasing too.
+    return any(_shares_memory(f, s) for f in fast for s in slow)
 
 
-@runtime_checkable
-class Runner(Protocol):
-    """One optimizer instance of a backend, over one set of parameters."""
-
-    def step(self, grads: Sequence[np.ndarray]) -> None:
-        """One executed inner step with these gradients (then a sync every k-th)."""
-
-    def fast(self) -> list[np.ndarray]:
-        """The fast weights θ, as NumPy arrays of the parameters' dtype."""
-
-    def slow(self) -> list[np.ndarray]:
-        """The slow weights φ, as NumPy arrays of the parameters' dtype."""
-
-    def save(self) -> Any:
-        """A checkpoint of everything needed to resume (fast weights included)."""
-
-    def restore(self, saved: Any) -> None:
-        """Resume from `save`'s result (called on a freshly created runner)."""
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < a[1] and b[0] < b[1] and a[0] < b[1] and b[0] < a[1]
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """What the conformance checks need to know about a backend."""
-
-    name: str
-    dtypes: tuple[str, ...]
-
-    def skip_reason(self) -> str | None:
-        """``None`` when usable here, else why not (e.g. ``"no CUDA device"``)."""
-
-    def create(
-        self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float
-    ) -> Runner:
-        """Build the optimizer over copies of ``params``; raise TypeError/ValueError on bad input."""
+def _device_of(devices: Sequence[str]) -> str:
+    distinct = sorted(set(devices))
+    return distinct[0] if len(distinct) == 1 else "mixed: " + ", ".join(distinct)
 
 
-# --- the core, on any Array API namespace -------------------------------------------------
+# --- the core, on any Array API library -------------------------------------------------------
 
 
 class _CoreRunner:
+    """`lookahead_core.lookahead` driven through the `Runner` protocol.
+
+    The core is pure: it never mutates an array, so holding the arrays is a checkpoint.
+    """
+
     def __init__(self, backend: CoreBackend, params: Sequence[np.ndarray], opt: Any) -> None:
         self._backend = backend
         self._opt = opt
@@ -96,8 +74,8 @@ class _CoreRunner:
         self._state = opt.init(self._params)
 
     def step(self, grads: Sequence[np.ndarray]) -> None:
-        grads = tuple(self._backend.from_numpy(g) for g in grads)
-        self._params, self._state = self._opt.step(self._params, grads, self._state)
+        native = tuple(self._backend.from_numpy(g) for g in grads)
+        self._params, self._state = self._opt.step(self._params, native, self._state)
 
     def fast(self) -> list[np.ndarray]:
         return [self._backend.to_numpy(p) for p in self._params]
@@ -106,20 +84,36 @@ class _CoreRunner:
         return [self._backend.to_numpy(s) for s in self._state.slow]
 
     def save(self) -> Any:
-        # The core is pure: its arrays are never mutated, so holding them is a checkpoint.
         return self._params, self._state
 
     def restore(self, saved: Any) -> None:
         self._params, self._state = saved
 
+    # capabilities
+    def extra_state_bytes(self) -> int:
+        # LookaheadState = (slow, inner, count): everything but the inner state.
+        return sum(self._backend.to_numpy(s).nbytes for s in self._state.slow)
+
+    def aliases(self) -> bool:
+        extent = self._backend.memory_extent
+        fast = [extent(p) for p in self._params]
+        return any(_overlap(f, extent(s)) for f in fast for s in self._state.slow)
+
+    def device(self) -> str:
+        import array_api_compat
+
+        arrays = (*self._params, *self._state.slow)
+        return _device_of([str(array_api_compat.device(a)) for a in arrays])
+
 
 class CoreBackend:
-    """``lookahead_core`` running on one array library.
+    """``lookahead_core`` running on one Array API library, on its default device.
 
     Args:
         name: registry name, e.g. ``"core-numpy"``.
-        module: import name of the array library (``"numpy"``, ``"torch"``, ...).
-        dtypes: the floating dtypes checked.
+        module: import name of the array library: ``"numpy"``, ``"array_api_strict"``,
+            ``"torch"`` or ``"jax.numpy"``.
+        dtypes: the floating dtypes to certify.
     """
 
     def __init__(self, name: str, module: str, dtypes: tuple[str, ...] = ("float32", "float64")):
@@ -127,33 +121,63 @@ class CoreBackend:
         self.module = module
         self.dtypes = dtypes
 
-    def skip_reason(self) -> str | None:
-        try:
-            self._xp()
-        except ImportError:
-            return f"{self.module} not installed"
-        return None
+    def __repr__(self) -> str:
+        return f"CoreBackend({self.name!r}, {self.module!r}, {self.dtypes!r})"
 
-    def _xp(self) -> Any:
-        mod = importlib.import_module(self.module)
+    def _lib(self) -> Any:
+        lib = importlib.import_module(self.module)
         if self.module == "jax.numpy":
             import jax
 
+            # float64 is off by default in JAX; without it float64 inputs become float32.
             jax.config.update("jax_enable_x64", True)
-        return mod
+        return lib
 
-    def from_numpy(self, a: np.ndarray) -> Any:
-        xp = self._xp()
-        if self.module == "torch":
-            return xp.from_numpy(np.array(a, copy=True))
-        return xp.asarray(np.array(a, copy=True))
+    def skip_reason(self) -> str | None:
+        try:
+            self._lib()
+        except ImportError as exc:
+            return f"{self.module} not installed ({exc})"
+        return None
 
-    def to_numpy(self, a: Any) -> np.ndarray:
+    def namespace(self) -> Any:
+        import array_api_compat
+
+        if self.module == "numpy":
+            return array_api_compat.array_namespace(np.empty(0))
+        return array_api_compat.array_namespace(self._lib().asarray([0.0]))
+
+    def device(self) -> str:
+        import array_api_compat
+
+        return str(array_api_compat.device(self.from_numpy(np.zeros(1))))
+
+    def from_numpy(self, array: np.ndarray) -> Any:
+        lib = self._lib()
+        fresh = np.array(array, copy=True)  # never let the backend share the caller's memory
         if self.module == "torch":
-            return a.detach().cpu().numpy().copy()
+            return lib.from_numpy(fresh)
+        return lib.asarray(fresh)
+
+    def to_numpy(self, array: Any) -> np.ndarray:
+        if self.module == "torch":
+            return array.detach().cpu().numpy().copy()
         if self.module == "array_api_strict":
-            return np.asarray(a._array).copy()  # array-api-strict hides __array__ on purpose
-        return np.array(a, copy=True)
+            return np.from_dlpack(array).copy()  # it hides __array__ on purpose
+        return np.array(array, copy=True)  # NumPy; JAX copies from any device
+
+    def memory_extent(self, array: Any) -> tuple[int, int]:
+        """The address range ``[start, end)`` of an array's buffer, on whatever device."""
+        if self.module == "torch":
+            storage = array.untyped_storage()
+            return storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        if self.module == "jax.numpy":
+            start = array.unsafe_buffer_pointer()
+            return start, start + array.nbytes
+        view = np.from_dlpack(array)  # NumPy, array-api-strict: host memory
+        byte_bounds = getattr(getattr(np.lib, "array_utils", np), "byte_bounds")  # NumPy 2 / 1.26
+        low, high = byte_bounds(view)
+        return low, high
 
     def create(
         self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float
@@ -168,6 +192,8 @@ class CoreBackend:
 
 
 class _NumpyAdapterRunner:
+    """`lookahead_numpy.Lookahead` over fresh copies of the parameters."""
+
     def __init__(self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float):
         from lookahead_numpy import Lookahead
 
@@ -184,13 +210,26 @@ class _NumpyAdapterRunner:
         return [np.array(s, copy=True) for s in self._opt.slow]
 
     def save(self) -> Any:
-        return [p.copy() for p in self._params], self._opt.state_dict()
+        return self._opt.state_dict(include_params=True)
 
     def restore(self, saved: Any) -> None:
-        params, state = saved
-        for p, s in zip(self._params, params):
-            np.copyto(p, s)
-        self._opt.load_state_dict(state)
+        self._opt.load_state_dict(saved)
+
+    # capabilities
+    def extra_state_bytes(self) -> int:
+        # What the adapter persists beyond the inner optimizer: its checkpoint minus
+        # the inner state. The sync's scratch block (at most 256 KiB per dtype, not
+        # growing with the model, holding nothing between steps) is workspace, not state.
+        return sum(
+            value.nbytes for key, value in self._opt.state_dict().items()
+            if isinstance(value, np.ndarray) and not key.startswith("inner.")
+        )
+
+    def aliases(self) -> bool:
+        return _any_aliasing(self._params, self._opt.slow)
+
+    def device(self) -> str:
+        return "cpu"
 
 
 class NumpyAdapterBackend:
@@ -199,12 +238,29 @@ class NumpyAdapterBackend:
     name = "numpy"
     dtypes = ("float32", "float64")
 
+    def __repr__(self) -> str:
+        return "NumpyAdapterBackend()"
+
     def skip_reason(self) -> str | None:
         try:
             import lookahead_numpy  # noqa: F401
         except ImportError as exc:
             return f"lookahead_numpy not importable: {exc}"
         return None
+
+    def namespace(self) -> Any:
+        import array_api_compat
+
+        return array_api_compat.array_namespace(np.empty(0))
+
+    def device(self) -> str:
+        return "cpu"
+
+    def from_numpy(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, copy=True)
+
+    def to_numpy(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, copy=True)
 
     def create(
         self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float
@@ -218,51 +274,3 @@ core_array_api_strict = CoreBackend("core-array-api-strict", "array_api_strict")
 core_torch = CoreBackend("core-torch", "torch")
 core_jax = CoreBackend("core-jax", "jax.numpy")
 
-
-# --- registry -------------------------------------------------------------------------------
-
-
-def registered_backends() -> dict[str, Backend]:
-    """All backends registered under the ``lookahead.backends`` entry-point group."""
-    found: dict[str, Backend] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            found[ep.name] = ep.load()
-        except Exception as exc:  # one broken plugin must not hide the others
-            found[ep.name] = _Unloadable(ep.name, f"entry point {ep.value} failed to load: {exc!r}")
-    return found
-
-
-class _Unloadable:
-    """Stands in for a registered backend whose entry point cannot be loaded."""
-
-    dtypes: tuple[str, ...] = ()
-
-    def __init__(self, name: str, reason: str) -> None:
-        self.name = name
-        self._reason = reason
-
-    def skip_reason(self) -> str | None:
-        return self._reason
-
-    def create(self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float) -> Runner:
-        raise RuntimeError(self._reason)
-
-
-def load_backend(spec: str) -> Backend:
-    """A backend by registered name or by ``module:attr``."""
-    if ":" in spec:
-        module, _, attr = spec.partition(":")
-        obj = getattr(importlib.import_module(module), attr)
-        backend = obj() if isinstance(obj, type) else obj
-    else:
-        registry = registered_backends()
-        if spec not in registry:
-            raise ValueError(
-                f"--lookahead-backend must be a registered name ({', '.join(sorted(registry))}), "
-                f"'all', or 'module:attr', got {spec!r}"
-            )
-        backend = registry[spec]
-    if not isinstance(backend, Backend):
-        raise TypeError(f"backend {spec!r} does not implement the Backend protocol")
-    return backend
