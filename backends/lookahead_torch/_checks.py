@@ -1,0 +1,136 @@
+"""Argument and checkpoint checks of the PyTorch adapter.
+
+Every check runs before anything is mutated and raises ``TypeError`` or
+``ValueError`` whose message names the argument (or the checkpoint entry) and
+the expected value. The core's `lookahead_core.check_k` and
+`lookahead_core.check_alpha` are the rules for k and α everywhere.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import torch
+
+import lookahead_core as lc
+
+from ._momentum import PULLBACK_MODES
+
+__all__ = [
+    "NONFINITE_MODES",
+    "as_count",
+    "check_group_settings",
+    "check_nonfinite",
+    "check_param",
+    "check_pullback",
+    "check_slow_dtype",
+    "group_alpha",
+    "group_k",
+    "renamed",
+]
+
+NONFINITE_MODES = (None, "rollback")
+
+T = TypeVar("T")
+
+
+def renamed(name: str, check: Callable[[Any], T], value: Any) -> T:
+    """Run ``check(value)`` and report errors under ``name`` instead of the check's own name."""
+    try:
+        return check(value)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        for own in ("alpha", "k"):
+            if message.startswith(own + " "):
+                message = message[len(own) + 1 :]
+                break
+        raise type(exc)(f"{name} {message}") from None
+
+
+def group_k(where: str, group: Mapping[str, Any], default: int) -> int:
+    """The group's ``lookahead_k`` (or ``default``), checked."""
+    if "lookahead_k" not in group:
+        return default
+    return renamed(f"{where}['lookahead_k']", lc.check_k, group["lookahead_k"])
+
+
+def group_alpha(where: str, group: Mapping[str, Any], default: float) -> float:
+    """The group's ``lookahead_alpha`` (or ``default``), checked and a Python float."""
+    if "lookahead_alpha" not in group:
+        return default
+    return renamed(f"{where}['lookahead_alpha']", lc.check_alpha, group["lookahead_alpha"])
+
+
+def check_group_settings(where: str, group: Any, k: int, alpha: float) -> tuple[int, float]:
+    """Check a param group's per-group Lookahead settings; return its (k, α)."""
+    if not isinstance(group, Mapping):
+        raise TypeError(f"{where} must be a dict, got {type(group).__name__}")
+    return group_k(where, group, k), group_alpha(where, group, alpha)
+
+
+def check_param(where: str, param: Any) -> None:
+    """A parameter the sync can interpolate: a floating point or complex tensor."""
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(f"{where} must be a torch.Tensor, got {type(param).__name__}")
+    if not (param.is_floating_point() or param.is_complex()):
+        raise TypeError(
+            f"{where} must have a floating point or complex dtype (Lookahead interpolates "
+            f"it), got {param.dtype}"
+        )
+    if param.is_sparse or param.layout != torch.strided:
+        raise TypeError(f"{where} must be a dense (strided) tensor, got layout {param.layout}")
+
+
+def check_pullback(pullback: Any) -> str:
+    """``pullback`` is one of ``"none"``, ``"reset"``, ``"pullback"``."""
+    if not isinstance(pullback, str):
+        raise TypeError(
+            f"pullback must be one of {', '.join(map(repr, PULLBACK_MODES))}, "
+            f"got {pullback!r} of type {type(pullback).__name__}"
+        )
+    if pullback not in PULLBACK_MODES:
+        raise ValueError(
+            f"pullback must be one of {', '.join(map(repr, PULLBACK_MODES))}, got {pullback!r}"
+        )
+    return pullback
+
+
+def check_nonfinite(nonfinite: Any) -> str | None:
+    """``nonfinite`` is ``None`` (the paper: no check) or ``"rollback"``."""
+    if nonfinite is not None and not isinstance(nonfinite, str):
+        raise TypeError(
+            f"nonfinite must be None or 'rollback', got {nonfinite!r} of type "
+            f"{type(nonfinite).__name__}"
+        )
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be None or 'rollback', got {nonfinite!r}")
+    return nonfinite
+
+
+def check_slow_dtype(slow_dtype: Any) -> torch.dtype | None:
+    """``slow_dtype`` is ``None``, ``torch.float32`` or ``torch.float64``."""
+    if slow_dtype is None:
+        return None
+    if not isinstance(slow_dtype, torch.dtype):
+        raise TypeError(
+            "slow_dtype must be None, torch.float32 or torch.float64, got "
+            f"{slow_dtype!r} of type {type(slow_dtype).__name__}"
+        )
+    if slow_dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"slow_dtype must be None, torch.float32 or torch.float64, got {slow_dtype}"
+        )
+    return slow_dtype
+
+
+def as_count(where: str, value: Any, k: int) -> int:
+    """A checkpoint's position in the cycle: an int in ``[0, k)``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where} must be an int in [0, {k}), got {value!r}")
+    if not 0 <= int(value) < k:
+        raise ValueError(f"{where} must be an int in [0, {k}) (k = {k}), got {value}")
+    return int(value)

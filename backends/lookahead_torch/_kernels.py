@@ -1,0 +1,302 @@
+"""Every tensor operation of the adapter's sync and slow-weight swap, in one place.
+
+A faster fused path (the performance issue) replaces the functions of this
+module and nothing else: the optimizer hands them lists of tensors and a
+Python-float ``alpha`` and never touches the slow weights itself.
+
+The sync (DESIGN §1) on one (θ, φ) pair is
+
+```text
+φ ← lerp(φ, θ, α)      two-sided: φ + α(θ − φ) if α < 0.5 else θ − (1 − α)(θ − φ)
+θ ← φ                  a copy: θ and φ never share memory
+```
+
+``torch.lerp`` computes exactly this two-sided formula (DESIGN §4), so the
+kernel is ``torch._foreach_lerp_(slow, fast, alpha)`` then
+``torch._foreach_copy_(fast, slow)``, one multi-tensor launch each per
+(device, dtype) bucket, in place, with no temporary tensor.
+
+When the slow copy is wider than the parameter (``slow_dtype=torch.float32``
+for float16/bfloat16 parameters) ``torch.lerp`` refuses mixed dtypes. The fast
+weights are then upcast, exactly, chunk by chunk into a preallocated scratch
+buffer (see `scratch_elements`) per device, the lerp runs in the
+slow dtype on the slow copy, and the fast copy receives the value rounded to
+nearest (``copy_``). No temporary the size of a parameter is made, except for a
+parameter whose memory is not dense (a strided view), which goes through one
+temporary of its own size. The scratch holds an eighth of those elements,
+clamped to [`MIN_CHUNK_ELEMENTS`, `MAX_CHUNK_ELEMENTS`] (never more than there
+are): few enough chunks per sync that launch and Python overhead stay small
+next to the memory traffic, and at most 64 MiB (float32) per device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "MAX_CHUNK_ELEMENTS",
+    "MIN_CHUNK_ELEMENTS",
+    "all_finite",
+    "copy_",
+    "flat_view",
+    "lerp_and_copy_",
+    "make_scratch",
+    "scratch_elements",
+    "scratch_key",
+    "swap_",
+    "unswap_",
+]
+
+MIN_CHUNK_ELEMENTS = 1 << 20
+"""Smallest upcast scratch (when there are that many elements): 4 MiB in float32."""
+
+MAX_CHUNK_ELEMENTS = 1 << 24
+"""Largest upcast scratch: 64 MiB in float32.
+
+Measured on an H200 (PyTorch 2.11): syncing 256M bfloat16 parameters with a
+float32 slow copy took 10.9 ms through a 2²⁰-element scratch (256 chunks, each
+three multi-tensor launches plus Python slicing) and 2.1 ms through a
+2²⁴-element one; the same-dtype float32 sync of as many elements takes 1.5 ms."""
+
+
+def scratch_elements(total: int) -> int:
+    """Elements of the upcast scratch for ``total`` mixed-dtype elements on one device."""
+    return min(total, max(MIN_CHUNK_ELEMENTS, min(MAX_CHUNK_ELEMENTS, total // 8)))
+
+Tensors = Sequence[torch.Tensor]
+ScratchKey = tuple[torch.device, torch.dtype]
+
+_BITS_DTYPE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def scratch_key(slow: torch.Tensor) -> ScratchKey:
+    """The scratch buffer a mixed-dtype pair with this slow tensor uses."""
+    return slow.device, slow.dtype
+
+
+def make_scratch(
+    fast: Tensors, slow: Tensors
+) -> dict[ScratchKey, torch.Tensor]:
+    """Allocate the upcast scratch buffers the mixed-dtype pairs among (fast, slow) need.
+
+    One 1-D buffer per (device, slow dtype) of `scratch_elements` of the
+    elements of those pairs; none at all when every pair shares its dtype.
+    """
+    totals: dict[ScratchKey, int] = {}
+    for f, s in zip(fast, slow):
+        if f.dtype != s.dtype:
+            key = scratch_key(s)
+            totals[key] = totals.get(key, 0) + f.numel()
+    return {
+        key: torch.empty(max(scratch_elements(n), 1), dtype=key[1], device=key[0])
+        for key, n in totals.items()
+    }
+
+
+def _buckets(
+    fast: Tensors, slow: Tensors
+) -> dict[tuple[torch.device, torch.dtype, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """Pairs grouped by (device, fast dtype, slow dtype): one multi-tensor launch each."""
+    buckets: dict[
+        tuple[torch.device, torch.dtype, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]
+    ] = {}
+    for f, s in zip(fast, slow):
+        if f.numel() == 0:
+            continue
+        fs, ss = buckets.setdefault((f.device, f.dtype, s.dtype), ([], []))
+        fs.append(f)
+        ss.append(s)
+    return buckets
+
+
+def flat_view(t: torch.Tensor) -> torch.Tensor | None:
+    """``t``'s elements as a 1-D view in memory order, or ``None`` if its memory is not dense.
+
+    Any axis permutation of a contiguous tensor (``channels_last`` weights) is
+    dense; a slice with gaps is not.
+    """
+    if t.is_contiguous():
+        return t.view(-1)
+    expected = 1
+    for size, stride in sorted(
+        ((size, stride) for size, stride in zip(t.shape, t.stride()) if size != 1),
+        key=lambda pair: pair[1],
+    ):
+        if stride != expected:
+            return None
+        expected *= size
+    return t.as_strided((t.numel(),), (1,), t.storage_offset())
+
+
+def _matching_flat_views(
+    f: torch.Tensor, s: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """1-D views of ``f`` and ``s`` whose i-th elements are the same index, or ``None``."""
+    if f.is_contiguous() and s.is_contiguous():
+        return f.view(-1), s.view(-1)
+    if f.stride() != s.stride():
+        return None
+    flat_f, flat_s = flat_view(f), flat_view(s)
+    if flat_f is None or flat_s is None:
+        return None
+    return flat_f, flat_s
+
+
+@torch.no_grad()
+def lerp_and_copy_(
+    fast: Tensors,
+    slow: Tensors,
+    alpha: float,
+    scratch: dict[ScratchKey, torch.Tensor] | None = None,
+) -> None:
+    """The sync on every pair: ``slow ← lerp(slow, fast, alpha)``, then ``fast ← slow``.
+
+    Args:
+        fast: the fast tensors θ (parameters, detached), updated in place.
+        slow: the slow tensors φ, one per fast tensor, same shape and device;
+            the same dtype or a wider floating dtype.
+        alpha: a validated Python float in [0, 1] (a tensor or NumPy scalar
+            could change the computation's dtype).
+        scratch: the buffers of `make_scratch`, needed when a pair mixes dtypes.
+    """
+    for (device, fast_dtype, slow_dtype), (fs, ss) in _buckets(fast, slow).items():
+        if fast_dtype == slow_dtype:
+            torch._foreach_lerp_(ss, fs, alpha)
+            torch._foreach_copy_(fs, ss)
+        else:
+            if scratch is None or (device, slow_dtype) not in scratch:
+                raise RuntimeError(f"no upcast scratch buffer for {slow_dtype} on {device}")
+            _lerp_and_copy_upcast(fs, ss, alpha, scratch[(device, slow_dtype)])
+
+
+def _lerp_and_copy_upcast(
+    fast: list[torch.Tensor], slow: list[torch.Tensor], alpha: float, scratch: torch.Tensor
+) -> None:
+    """The sync for narrow fast / wide slow pairs, chunked through ``scratch``.
+
+    Per batch of chunks (at most ``scratch.numel()`` elements in all): the
+    fast chunks are upcast into the scratch (exact: every float16/bfloat16
+    value is a float32 value), the slow chunks are lerped toward them in the
+    slow dtype, and the fast chunks receive the slow values rounded to nearest.
+    """
+    capacity = scratch.numel()
+    batch_fast: list[torch.Tensor] = []
+    batch_slow: list[torch.Tensor] = []
+    used = 0
+
+    def flush() -> None:
+        nonlocal used
+        views, offset = [], 0
+        for piece in batch_fast:
+            views.append(scratch[offset : offset + piece.numel()])
+            offset += piece.numel()
+        torch._foreach_copy_(views, batch_fast)  # upcast θ, exact
+        torch._foreach_lerp_(batch_slow, views, alpha)  # φ ← lerp(φ, θ, α) in the slow dtype
+        torch._foreach_copy_(batch_fast, batch_slow)  # θ ← φ, rounded to nearest
+        batch_fast.clear()
+        batch_slow.clear()
+        used = 0
+
+    for f, s in zip(fast, slow):
+        flat = _matching_flat_views(f, s)
+        if flat is None:
+            # Not dense, or laid out differently from its slow copy: no flat views
+            # with matching element order. One temporary of this parameter's size.
+            s.lerp_(f.to(s.dtype), alpha)
+            f.copy_(s)
+            continue
+        flat_f, flat_s = flat
+        start, n = 0, flat_f.numel()
+        while start < n:
+            take = min(n - start, capacity - used)
+            batch_fast.append(flat_f[start : start + take])
+            batch_slow.append(flat_s[start : start + take])
+            used += take
+            start += take
+            if used == capacity:
+                flush()
+    if batch_fast:
+        flush()
+
+
+@torch.no_grad()
+def copy_(dst: Tensors, src: Tensors) -> None:
+    """``dst[i] ← src[i]`` for every pair (casting to ``dst``'s dtype, rounding to nearest)."""
+    pairs = [(d, s) for d, s in zip(dst, src) if d.numel() > 0]
+    by_device: dict[torch.device, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for d, s in pairs:
+        ds, ss = by_device.setdefault(d.device, ([], []))
+        ds.append(d)
+        ss.append(s)
+    for ds, ss in by_device.values():
+        torch._foreach_copy_(ds, ss)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s memory reinterpreted as integers of the same width (complex: per real part)."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.view(_BITS_DTYPE[t.element_size()])
+
+
+@torch.no_grad()
+def swap_(fast: Tensors, slow: Tensors) -> list[torch.Tensor | None]:
+    """Exchange the contents of each (fast, slow) pair in place; undo with `unswap_`.
+
+    A same-dtype pair is swapped by three in-place XORs of its bits: no third
+    copy, no scratch, and exact for every value (NaN payloads and signed zeros
+    included). A pair with a wider slow dtype cannot hold both values in its
+    two buffers: the fast values are stashed in a temporary of the parameter's
+    size and dtype, and the parameter receives φ rounded to nearest; the slow
+    copy is not changed.
+
+    Returns:
+        The stash per pair (``None`` for a pair swapped in place), for `unswap_`.
+    """
+    stashes: list[torch.Tensor | None] = []
+    for f, s in zip(fast, slow):
+        if f.dtype == s.dtype:
+            a, b = _bits(f), _bits(s)
+            a.bitwise_xor_(b)
+            b.bitwise_xor_(a)
+            a.bitwise_xor_(b)
+            stashes.append(None)
+        else:
+            stashes.append(f.clone(memory_format=torch.preserve_format))
+            f.copy_(s)
+    return stashes
+
+
+@torch.no_grad()
+def unswap_(fast: Tensors, slow: Tensors, stashes: Sequence[torch.Tensor | None]) -> None:
+    """Undo `swap_`: same-dtype pairs are swapped back, stashed fast values restored."""
+    for f, s, stash in zip(fast, slow, stashes):
+        if stash is None:
+            a, b = _bits(f), _bits(s)
+            a.bitwise_xor_(b)
+            b.bitwise_xor_(a)
+            a.bitwise_xor_(b)
+        else:
+            f.copy_(stash)
+
+
+@torch.no_grad()
+def all_finite(tensors: Tensors) -> bool:
+    """Whether every element of every tensor is finite: one host sync per device.
+
+    ``_foreach_norm`` with ``ord=inf`` is a max-abs reduction: inf or NaN
+    anywhere makes it non-finite, and unlike a 2-norm it cannot overflow on
+    large finite float16 values. No temporary of a parameter's size.
+    """
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.numel() > 0:
+            by_device.setdefault(t.device, []).append(t)
+    for ts in by_device.values():
+        norms = torch._foreach_norm(ts, ord=math.inf)
+        if not bool(torch.stack([n.isfinite() for n in norms]).all()):
+            return False
+    return True
