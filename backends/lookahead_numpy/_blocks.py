@@ -26,7 +26,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "BlockPair", "lerp_and_reset", "make_pairs", "swap"]
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "BlockPair",
+    "lerp_and_reset",
+    "make_pairs",
+    "memory_order",
+    "swap",
+]
 
 DEFAULT_BLOCK_BYTES = 256 * 1024
 """Bytes per block: the blocks of θ, φ and the scratch (768 KiB) stay in a typical L2 cache.
@@ -84,14 +91,26 @@ def make_pairs(
     return tuple(slow for _, _, slow in work), pairs
 
 
+def memory_order(strides: tuple[int, ...]) -> list[int]:
+    """The axes sorted by decreasing ``|stride|``: the order the elements lie in memory.
+
+    ``array.transpose(memory_order(array.strides))`` is C-contiguous exactly when
+    the array's memory is dense (C- or F-contiguous, or any axis permutation of
+    a contiguous array); then a buffer laid out C-contiguous in that order pairs
+    its elements with the array's, element for element, in one flat walk. Works
+    for any strided array (NumPy, CuPy).
+    """
+    return sorted(range(len(strides)), key=lambda axis: -abs(strides[axis]))
+
+
 def _allocate_slow(param: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(fast_work, slow_work, slow)`` with ``slow`` a fresh copy of ``param``."""
     param = param.view(np.ndarray)  # subclasses (memmap, ...) add nothing to the arithmetic
-    memory_order = sorted(range(param.ndim), key=lambda axis: -abs(param.strides[axis]))
-    fast_work = param.transpose(memory_order)
+    order = memory_order(param.strides)
+    fast_work = param.transpose(order)
     slow_work = np.empty(fast_work.shape, param.dtype)  # C-contiguous: owns its memory
     np.copyto(slow_work, fast_work)
-    slow = slow_work.transpose(np.argsort(memory_order))  # back to param's axis order
+    slow = slow_work.transpose(np.argsort(order))  # back to param's axis order
     if fast_work.flags.c_contiguous:
         # reshape of a C-contiguous array is a view, never a copy.
         return fast_work.reshape(-1), slow_work.reshape(-1), slow

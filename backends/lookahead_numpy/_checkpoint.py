@@ -41,17 +41,24 @@ def _is_float(value: Any) -> bool:
     )
 
 
-def check_tree(name: str, tree: Any) -> None:
-    """Raise ``TypeError`` if ``tree`` holds anything a checkpoint cannot represent."""
-    if tree is None or _is_int(tree) or _is_float(tree) or isinstance(tree, np.ndarray):
+def check_tree(
+    name: str, tree: Any, array_type: type = np.ndarray, library: str = "NumPy"
+) -> None:
+    """Raise ``TypeError`` if ``tree`` holds anything a checkpoint cannot represent.
+
+    ``array_type`` is the adapter's array class (``numpy.ndarray``,
+    ``cupy.ndarray``) and ``library`` its name, for the message.
+    """
+    if tree is None or _is_int(tree) or _is_float(tree) or isinstance(tree, array_type):
         return
     if isinstance(tree, (tuple, list)):
         for key, child in _children(name, tree):
-            check_tree(key, child)
+            check_tree(key, child, array_type, library)
         return
     raise TypeError(
-        f"{name} is a {type(tree).__name__}; the NumPy adapter can checkpoint inner "
-        "states made of ints, floats, numpy arrays, None and (named) tuples of those"
+        f"{name} is a {type(tree).__name__}; the {library} adapter can checkpoint inner "
+        f"states made of ints, floats, {library.lower()} arrays, None and (named) tuples "
+        "of those"
     )
 
 
@@ -85,13 +92,14 @@ def unflatten_tree(key: str, template: Any, leaves: Mapping[str, Leaf]) -> Any:
     return leaves[key]
 
 
-def coerce_leaf(key: str, template: Leaf, value: Any) -> Leaf:
+def coerce_leaf(key: str, template: Leaf, value: Any, array_type: type = np.ndarray) -> Leaf:
     """Check a loaded ``value`` against the live ``template`` leaf; return a private copy.
 
     Ints and floats come back as Python scalars (``np.load`` gives 0-d arrays);
-    arrays must match the template's shape and dtype exactly.
+    arrays must match the template's shape and dtype exactly and come back as
+    NumPy copies (a template of ``array_type`` has ``shape`` and a NumPy ``dtype``).
     """
-    if isinstance(template, np.ndarray):
+    if isinstance(template, array_type):
         return as_array(key, value, template.shape, template.dtype)
     if _is_int(template):
         return as_int(key, value)

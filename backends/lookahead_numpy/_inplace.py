@@ -1,0 +1,404 @@
+"""The in-place Lookahead, written once for every ndarray library.
+
+`InPlaceLookahead` holds what Algorithm 1 asks of an in-place adapter that does
+not depend on the array library: the argument checks, the schedule (count,
+sync every k-th executed step), the slow-weight swap context, and the flat,
+all-or-nothing checkpoint. An adapter (``lookahead_numpy.Lookahead``,
+``lookahead_cupy.Lookahead``) subclasses it and supplies the array operations
+through the hooks below; the hooks see whole lists of arrays at a time, so the
+per-step cost of the indirection is one method call, not one per parameter.
+
+Hooks (each subclass implements all of them):
+
+- ``_array_type``, ``_library``: the library's array class (the inner-state
+  leaves a checkpoint holds) and its name for messages.
+- ``_check_options(**options)``: validate the adapter's own keyword options.
+- ``_check_params(params)``: validate the parameters; return them as a tuple.
+- ``_setup(params, **options)``: allocate φ₀ = copy(θ₀) and the sync kernels'
+  work state; return the slow weights, one array per parameter.
+- ``_plain(param)``: the array the in-place arithmetic writes to.
+- ``_apply(fast, delta)``: ``θ ← θ + delta`` in place, for every parameter.
+- ``_lerp_and_reset(alpha)``: the sync on every parameter, ``φ ← lerp(φ, θ, α)``
+  then ``θ ← φ``, in place.
+- ``_swap()``: exchange the contents of θ and φ in place, for every parameter.
+- ``_public_views(arrays)``: what the ``slow`` property hands out.
+- ``_export(array)``: a fresh NumPy copy, for `state_dict`.
+- ``_stage(array)``: a validated NumPy array of a checkpoint in the library's
+  form, made before anything is committed (so a failure there changes nothing).
+- ``_assign(target, staged)``: copy a staged array into ``target`` in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+import lookahead_core as lc
+
+from ._checkpoint import (
+    as_array,
+    as_float,
+    as_int,
+    as_str,
+    check_tree,
+    coerce_leaf,
+    flatten_tree,
+    unflatten_tree,
+)
+
+__all__ = ["InPlaceLookahead"]
+
+_INNER_PREFIX = "inner"
+
+
+def _reraise_for_key(key: str, exc: TypeError | ValueError) -> TypeError | ValueError:
+    return type(exc)(f"state_dict[{key!r}]: {exc}")
+
+
+class InPlaceLookahead:
+    """Lookahead (Algorithm 1) updating the caller's arrays in place; library-neutral.
+
+    Not used directly: see ``lookahead_numpy.Lookahead`` and
+    ``lookahead_cupy.Lookahead``, which document the arguments.
+    """
+
+    _array_type: ClassVar[type] = np.ndarray
+    _library: ClassVar[str] = "NumPy"
+
+    def __init__(
+        self,
+        params: Sequence[Any],
+        inner: lc.InnerOptimizer,
+        k: int = 5,
+        alpha: float = 0.5,
+        **options: Any,
+    ) -> None:
+        if not isinstance(inner, lc.InnerOptimizer):
+            raise TypeError(
+                "inner must be an InnerOptimizer such as lookahead_core.sgd(...), "
+                f"got {type(inner).__name__}"
+            )
+        k = lc.check_k(k)
+        alpha = lc.check_alpha(alpha)
+        options = self._check_options(**options)
+        params = self._check_params(params)
+        inner_state = inner.init(params)
+        check_tree(_INNER_PREFIX, inner_state, self._array_type, self._library)
+
+        self._params = params
+        self._fast = tuple(self._plain(p) for p in params)
+        self._inner = inner
+        self._inner_state = inner_state
+        self._k = k
+        self._alpha = alpha
+        self._count = 0
+        self._swapped = False
+        self._slow = self._setup(params, **options)
+        self._slow_views = self._public_views(self._slow)
+        self._param_views = self._public_views(params)
+
+    # -- hooks (see the module docstring) ----------------------------------------------
+
+    def _check_options(self, **options: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _check_params(self, params: Any) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _setup(self, params: tuple[Any, ...], **options: Any) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _plain(self, param: Any) -> Any:
+        raise NotImplementedError
+
+    def _apply(self, fast: tuple[Any, ...], delta: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def _lerp_and_reset(self, alpha: float) -> None:
+        raise NotImplementedError
+
+    def _swap(self) -> None:
+        raise NotImplementedError
+
+    def _public_views(self, arrays: Sequence[Any]) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _export(self, array: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def _stage(self, array: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def _assign(self, target: Any, staged: Any) -> None:
+        raise NotImplementedError
+
+    # -- read-only attributes ----------------------------------------------------------
+
+    @property
+    def params(self) -> tuple[Any, ...]:
+        """The caller's arrays, the fast weights θ (updated in place)."""
+        return self._params
+
+    @property
+    def inner(self) -> lc.InnerOptimizer:
+        """The inner optimizer A."""
+        return self._inner
+
+    @property
+    def inner_state(self) -> Any:
+        """The inner optimizer's state, the core's NamedTuple (e.g. ``SGDState``)."""
+        return self._inner_state
+
+    @property
+    def k(self) -> int:
+        """Synchronization period: a sync follows every k-th executed step."""
+        return self._k
+
+    @property
+    def alpha(self) -> float:
+        """Slow weights step size α of the sync."""
+        return self._alpha
+
+    @property
+    def count(self) -> int:
+        """Executed inner steps since the last sync, in ``[0, k)``."""
+        return self._count
+
+    @property
+    def slow(self) -> tuple[Any, ...]:
+        """Views of the slow weights φ (read-only where the library allows it).
+
+        Views of live state: they change at every sync and load; copy them to
+        keep a snapshot. Inside `slow_weights` φ sits in the parameters,
+        and these are views of the parameters.
+        """
+        return self._param_views if self._swapped else self._slow_views
+
+    def __repr__(self) -> str:
+        return (
+            f"Lookahead(inner={self._inner.name!r}, k={self._k}, alpha={self._alpha}, "
+            f"params={len(self._params)}, count={self._count})"
+        )
+
+    # -- the algorithm -----------------------------------------------------------------
+
+    def step(self, grads: Sequence[Any]) -> None:
+        """One inner step in place (eq. 0.2), then the sync if it was the k-th.
+
+        ``θ ← θ + delta`` with ``delta`` from the inner optimizer's
+        ``update(grads, state, params)``. A step that does not complete the
+        cycle does nothing else.
+
+        Args:
+            grads: one array per parameter, with its shape and dtype.
+
+        Raises:
+            TypeError, ValueError: bad ``grads`` (nothing is changed).
+            RuntimeError: called inside `slow_weights`.
+        """
+        self._refuse_while_swapped("step")
+        # The core's update is pure and checks grads against params first, so
+        # a bad input raises here with the parameters and state untouched.
+        delta, self._inner_state = self._inner.update(grads, self._inner_state, self._params)
+        self._apply(self._fast, delta)
+        self._count += 1
+        if self._count == self._k:
+            self._sync_now()
+
+    def sync(self) -> None:
+        """The outer update now: ``φ ← φ + α(θ − φ)``, then ``θ ← φ`` (eq. 0.1).
+
+        Works whatever the position in the cycle and resets it (``count = 0``).
+
+        Raises:
+            RuntimeError: called inside `slow_weights`.
+        """
+        self._refuse_while_swapped("sync")
+        self._sync_now()
+
+    def _sync_now(self) -> None:
+        self._lerp_and_reset(self._alpha)
+        self._count = 0
+
+    @contextlib.contextmanager
+    def slow_weights(self) -> Iterator[tuple[Any, ...]]:
+        """Context manager: the parameters hold φ inside, θ again after.
+
+        The swap exchanges the contents of each parameter and its slow buffer
+        in place: no third copy of the weights. On exit (also on an exception)
+        they are swapped back, bit for bit. Meant for evaluation: changes made
+        to the parameters inside end up in φ. `state_dict` works inside;
+        `step`, `sync`, `load_state_dict` and nesting raise ``RuntimeError``.
+
+        Yields:
+            The parameters (the caller's arrays), now holding φ.
+        """
+        self._refuse_while_swapped("slow_weights")
+        self._swap_all()
+        try:
+            yield self._params
+        finally:
+            self._swap_all()
+
+    def _swap_all(self) -> None:
+        self._swap()
+        self._swapped = not self._swapped
+
+    def _refuse_while_swapped(self, what: str) -> None:
+        if self._swapped:
+            raise RuntimeError(
+                f"{what}() cannot run inside slow_weights(): the parameters hold the "
+                "slow weights there; leave the with-block first"
+            )
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def state_dict(self, include_params: bool = False) -> dict[str, Any]:
+        """A flat checkpoint of the optimizer, ready for ``np.savez(file, **sd)``.
+
+        Keys: ``k``, ``alpha``, ``count`` (Python scalars), ``inner_name`` (str),
+        ``slow.<i>`` (φ, one array per parameter) and ``inner.<field>[.<i>]``
+        (the inner optimizer's state; ``None`` fields give no key). Every array
+        is a fresh NumPy copy. The parameters θ are not included unless
+        ``include_params`` (then as ``params.<i>``): save them yourself, as with
+        ``torch.optim``.
+
+        Args:
+            include_params: also store copies of the parameters.
+        """
+        fast, slow = (self._slow, self._params) if self._swapped else (self._params, self._slow)
+        sd: dict[str, Any] = {
+            "k": self._k,
+            "alpha": self._alpha,
+            "count": self._count,
+            "inner_name": self._inner.name,
+        }
+        for i, array in enumerate(slow):
+            sd[f"slow.{i}"] = self._export(array)
+        for key, leaf in flatten_tree(_INNER_PREFIX, self._inner_state).items():
+            sd[key] = self._export(leaf) if isinstance(leaf, self._array_type) else leaf
+        if include_params:
+            for i, array in enumerate(fast):
+                sd[f"params.{i}"] = self._export(array)
+        return sd
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a checkpoint made by `state_dict`, all or nothing.
+
+        Everything is checked before anything changes: the key set, the inner
+        optimizer's name and state layout, every shape and dtype, ``k``,
+        ``alpha`` and ``count``. On any error the optimizer (and the
+        parameters) are left exactly as they were. The caller's mapping is
+        never modified, and nothing it holds is shared afterwards. Accepts
+        what ``np.load`` returns (0-d arrays for scalars and strings). ``k``
+        and ``alpha`` from the checkpoint replace the optimizer's. When the
+        ``params.<i>`` keys are present (``state_dict(include_params=True)``)
+        the parameters are restored too, in place.
+
+        Args:
+            state_dict: a mapping such as ``opt.state_dict()`` or ``np.load(file)``.
+
+        Raises:
+            TypeError, ValueError: the checkpoint does not fit this optimizer.
+            RuntimeError: called inside `slow_weights`.
+        """
+        self._refuse_while_swapped("load_state_dict")
+        values = self._read_mapping(state_dict)
+        self._check_inner_name(values)
+        with_params = self._check_keys(values)
+
+        k = as_int("k", values["k"])
+        alpha = as_float("alpha", values["alpha"])
+        count = as_int("count", values["count"])
+        try:
+            k = lc.check_k(k)
+        except (TypeError, ValueError) as exc:
+            raise _reraise_for_key("k", exc) from None
+        try:
+            alpha = lc.check_alpha(alpha)
+        except (TypeError, ValueError) as exc:
+            raise _reraise_for_key("alpha", exc) from None
+        if not 0 <= count < k:
+            raise ValueError(f"state_dict['count'] must be in [0, k) = [0, {k}), got {count}")
+
+        slow = self._checked_arrays("slow", values)
+        params = self._checked_arrays("params", values) if with_params else None
+        template = flatten_tree(_INNER_PREFIX, self._inner_state)
+        leaves = {}
+        for key, leaf in template.items():
+            value = coerce_leaf(key, leaf, values[key], self._array_type)
+            leaves[key] = self._stage(value) if isinstance(leaf, self._array_type) else value
+        inner_state = unflatten_tree(_INNER_PREFIX, self._inner_state, leaves)
+
+        # Everything is valid (and staged): commit. Copying in place keeps the
+        # buffers, and every view of them such as opt.slow, where they are.
+        for buffer, array in zip(self._slow, slow):
+            self._assign(buffer, array)
+        if params is not None:
+            for param, array in zip(self._fast, params):
+                self._assign(param, array)
+        self._inner_state = inner_state
+        self._k, self._alpha, self._count = k, alpha, count
+
+    def _read_mapping(self, state_dict: Any) -> dict[str, Any]:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                "state_dict must be a mapping such as opt.state_dict() or np.load(file), "
+                f"got {type(state_dict).__name__}"
+            )
+        # One read per key: an np.load archive loads each array on access.
+        values = {key: state_dict[key] for key in state_dict}
+        for key in values:
+            if not isinstance(key, str):
+                raise TypeError(f"state_dict keys must be str, got {key!r}")
+        return values
+
+    def _check_inner_name(self, values: Mapping[str, Any]) -> None:
+        if "inner_name" not in values:
+            return  # reported with the other missing keys
+        name = as_str("inner_name", values["inner_name"])
+        if name != self._inner.name:
+            raise ValueError(
+                f"state_dict['inner_name'] is {name!r}, but this optimizer's inner "
+                f"optimizer is {self._inner.name!r}"
+            )
+
+    def _check_keys(self, values: Mapping[str, Any]) -> bool:
+        """Check the key set; return whether the optional ``params.<i>`` keys are present."""
+        n = len(self._params)
+        expected = {"k", "alpha", "count", "inner_name"}
+        expected.update(f"slow.{i}" for i in range(n))
+        expected.update(flatten_tree(_INNER_PREFIX, self._inner_state))
+        param_keys = {f"params.{i}" for i in range(n)}
+        with_params = any(key in values for key in param_keys)
+        if with_params:
+            expected |= param_keys
+        missing = sorted(expected - values.keys())
+        extra = sorted(values.keys() - expected)
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {_abbreviate(missing)}")
+            if extra:
+                parts.append(f"unexpected keys {_abbreviate(extra)}")
+            raise ValueError(
+                f"state_dict does not fit this optimizer ({self._inner.name!r}, "
+                f"{n} parameters): {'; '.join(parts)}"
+            )
+        return with_params
+
+    def _checked_arrays(self, prefix: str, values: Mapping[str, Any]) -> list[Any]:
+        return [
+            self._stage(
+                as_array(f"{prefix}.{i}", values[f"{prefix}.{i}"], p.shape, p.dtype, copy=False)
+            )
+            for i, p in enumerate(self._params)
+        ]
+
+
+def _abbreviate(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(repr(key) for key in keys[:limit])
+    return f"[{shown}, ... ({len(keys)} in all)]" if len(keys) > limit else f"[{shown}]"
