@@ -30,6 +30,7 @@ from ._validation import check_alpha, check_arrays, check_k, check_matching
 __all__ = [
     "ALPHA_MODES",
     "AdaptiveLookaheadState",
+    "check_alpha_mode",
     "Lookahead",
     "LookaheadState",
     "ema_closed_form",
@@ -137,6 +138,31 @@ def sync_slow(
     return tuple(_copy(xp, s) for s in new_slow), new_slow
 
 
+def check_alpha_mode(alpha: Any, alpha_mode: Any, alpha_min: Any) -> tuple[float, str, float]:
+    """Validate ``alpha``, ``alpha_mode`` and ``alpha_min`` together (as `lookahead` does).
+
+    Adapters call this so that every backend accepts and rejects the same values.
+
+    Returns:
+        ``(alpha, alpha_mode, alpha_min)`` as Python ``float``, ``str``, ``float``.
+    """
+    alpha = check_alpha(alpha)
+    if not isinstance(alpha_mode, str):
+        raise TypeError(
+            f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r} "
+            f"of type {type(alpha_mode).__name__}"
+        )
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
+    alpha_min = check_alpha(alpha_min, name="alpha_min")
+    if alpha_mode == "adaptive" and alpha < alpha_min:
+        raise ValueError(
+            f"alpha (the fallback of adaptive mode) must be in [alpha_min, 1] = "
+            f"[{alpha_min}, 1], got {alpha}"
+        )
+    return alpha, alpha_mode, alpha_min
+
+
 def lookahead(
     inner: InnerOptimizer,
     k: int = 5,
@@ -178,21 +204,8 @@ def lookahead(
             f"got {type(inner).__name__}"
         )
     k = check_k(k)
-    alpha = check_alpha(alpha)
-    if not isinstance(alpha_mode, str):
-        raise TypeError(
-            f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r} "
-            f"of type {type(alpha_mode).__name__}"
-        )
-    if alpha_mode not in ALPHA_MODES:
-        raise ValueError(f"alpha_mode must be one of {ALPHA_MODES}, got {alpha_mode!r}")
-    alpha_min = check_alpha(alpha_min, name="alpha_min")
+    alpha, alpha_mode, alpha_min = check_alpha_mode(alpha, alpha_mode, alpha_min)
     if alpha_mode == "adaptive":
-        if alpha < alpha_min:
-            raise ValueError(
-                f"alpha (the fallback of adaptive mode) must be in [alpha_min, 1] = "
-                f"[{alpha_min}, 1], got {alpha}"
-            )
         return _adaptive_lookahead(inner, k, alpha, alpha_min)
 
     def init(params: Sequence[Array]) -> LookaheadState:

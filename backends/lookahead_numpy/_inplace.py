@@ -34,6 +34,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
+import array_api_compat
 import numpy as np
 
 import lookahead_core as lc
@@ -74,6 +75,9 @@ class InPlaceLookahead:
         inner: lc.InnerOptimizer,
         k: int = 5,
         alpha: float = 0.5,
+        *,
+        alpha_mode: str = "fixed",
+        alpha_min: float = 0.1,
         **options: Any,
     ) -> None:
         if not isinstance(inner, lc.InnerOptimizer):
@@ -82,7 +86,7 @@ class InPlaceLookahead:
                 f"got {type(inner).__name__}"
             )
         k = lc.check_k(k)
-        alpha = lc.check_alpha(alpha)
+        alpha, alpha_mode, alpha_min = lc.check_alpha_mode(alpha, alpha_mode, alpha_min)
         options = self._check_options(**options)
         params = self._check_params(params)
         inner_state = inner.init(params)
@@ -96,6 +100,14 @@ class InPlaceLookahead:
         self._alpha = alpha
         self._count = 0
         self._swapped = False
+        self._alpha_mode = alpha_mode
+        self._alpha_min = alpha_min
+        # Adaptive α: ∇L(θ_{t,0}) of the current cycle, the mode's one extra buffer.
+        xp = array_api_compat.array_namespace(*params)
+        self._start_grads = (
+            tuple(xp.zeros_like(p) for p in params) if alpha_mode == "adaptive" else None
+        )
+        self._last_alpha: float | None = None
         self._slow = self._setup(params, **options)
         self._slow_views = self._public_views(self._slow)
         self._param_views = self._public_views(params)
@@ -164,8 +176,26 @@ class InPlaceLookahead:
 
     @property
     def count(self) -> int:
-        """Executed inner steps since the last sync, in ``[0, k)``."""
+        """Executed inner steps since the last sync, in ``[0, k)``.
+
+        In adaptive mode ``count == k`` means the next `step` estimates α and syncs.
+        """
         return self._count
+
+    @property
+    def alpha_mode(self) -> str:
+        """``"fixed"`` (the paper) or ``"adaptive"`` (see `lookahead_core.lookahead`)."""
+        return self._alpha_mode
+
+    @property
+    def alpha_min(self) -> float:
+        """Lower end of the adaptive α range ``[alpha_min, 1]``."""
+        return self._alpha_min
+
+    @property
+    def last_alpha(self) -> float | None:
+        """The α of the latest sync in adaptive mode (``None`` before the first)."""
+        return self._last_alpha
 
     @property
     def slow(self) -> tuple[Any, ...]:
@@ -200,13 +230,35 @@ class InPlaceLookahead:
             RuntimeError: called inside `slow_weights`.
         """
         self._refuse_while_swapped("step")
+        if self._alpha_mode == "adaptive" and self._count == self._k:
+            self._adaptive_sync(grads)
+            return
         # The core's update is pure and checks grads against params first, so
         # a bad input raises here with the parameters and state untouched.
         delta, self._inner_state = self._inner.update(grads, self._inner_state, self._params)
+        if self._start_grads is not None and self._count == 0:
+            for buffer, grad in zip(self._start_grads, grads):  # grads = ∇L(θ_{t,0})
+                self._assign(buffer, grad)
         self._apply(self._fast, delta)
         self._count += 1
-        if self._count == self._k:
+        if self._count == self._k and self._alpha_mode == "fixed":
             self._sync_now()
+
+    def _adaptive_sync(self, grads: Sequence[Any]) -> None:
+        """The call after the k-th step in adaptive mode: ``grads`` = ∇L(θ_{t,k}).
+
+        α = Proposition 1's α* (eq. 0.3) from gradients only, clipped to
+        ``[alpha_min, 1]`` exactly as `lookahead_core.lookahead` does; then the
+        sync with that α. No inner step. The two inner products allocate
+        temporaries (this mode is opt-in; the fixed-α sync allocates nothing).
+        """
+        numerator, denominator = lc.secant_alpha_terms(
+            self._slow, self._fast, self._start_grads, grads
+        )
+        alpha = lc.secant_alpha(numerator, denominator, self._alpha_min, self._alpha)
+        self._lerp_and_reset(alpha)
+        self._count = 0
+        self._last_alpha = alpha
 
     def sync(self) -> None:
         """The outer update now: ``φ ← φ + α(θ − φ)``, then ``θ ← φ`` (eq. 0.1).
@@ -222,6 +274,8 @@ class InPlaceLookahead:
     def _sync_now(self) -> None:
         self._lerp_and_reset(self._alpha)
         self._count = 0
+        if self._alpha_mode == "adaptive":
+            self._last_alpha = self._alpha  # an explicit sync uses the fixed α, as the core
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[tuple[Any, ...]]:
@@ -278,6 +332,13 @@ class InPlaceLookahead:
         }
         for i, array in enumerate(slow):
             sd[f"slow.{i}"] = self._export(array)
+        if self._alpha_mode == "adaptive":
+            sd["alpha_mode"] = self._alpha_mode
+            sd["alpha_min"] = self._alpha_min
+            # NaN stands for "no sync yet": np.savez cannot store None without pickle.
+            sd["last_alpha"] = float("nan") if self._last_alpha is None else self._last_alpha
+            for i, array in enumerate(self._start_grads):
+                sd[f"start_grads.{i}"] = self._export(array)
         for key, leaf in flatten_tree(_INNER_PREFIX, self._inner_state).items():
             sd[key] = self._export(leaf) if isinstance(leaf, self._array_type) else leaf
         if include_params:
@@ -321,10 +382,31 @@ class InPlaceLookahead:
             alpha = lc.check_alpha(alpha)
         except (TypeError, ValueError) as exc:
             raise _reraise_for_key("alpha", exc) from None
-        if not 0 <= count < k:
+        adaptive = self._alpha_mode == "adaptive"
+        if adaptive:
+            mode = as_str("alpha_mode", values["alpha_mode"])
+            if mode != "adaptive":
+                raise ValueError(f"state_dict['alpha_mode'] must be 'adaptive', got {mode!r}")
+            alpha_min = as_float("alpha_min", values["alpha_min"])
+            try:
+                alpha, _, alpha_min = lc.check_alpha_mode(alpha, mode, alpha_min)
+            except (TypeError, ValueError) as exc:
+                raise _reraise_for_key("alpha_min", exc) from None
+            last_alpha = as_float("last_alpha", values["last_alpha"])
+            if last_alpha == last_alpha and not alpha_min <= last_alpha <= 1.0:
+                raise ValueError(
+                    f"state_dict['last_alpha'] must be NaN or in [alpha_min, 1], got {last_alpha}"
+                )
+        if adaptive and not 0 <= count <= k:
+            raise ValueError(
+                f"state_dict['count'] must be in [0, k] = [0, {k}] in adaptive mode "
+                f"(k: the sync is pending), got {count}"
+            )
+        if not adaptive and not 0 <= count < k:
             raise ValueError(f"state_dict['count'] must be in [0, k) = [0, {k}), got {count}")
 
         slow = self._checked_arrays("slow", values)
+        start_grads = self._checked_arrays("start_grads", values) if adaptive else None
         params = self._checked_arrays("params", values) if with_params else None
         template = flatten_tree(_INNER_PREFIX, self._inner_state)
         leaves = {}
@@ -340,6 +422,11 @@ class InPlaceLookahead:
         if params is not None:
             for param, array in zip(self._fast, params):
                 self._assign(param, array)
+        if start_grads is not None:
+            for buffer, array in zip(self._start_grads, start_grads):
+                self._assign(buffer, array)
+            self._alpha_min = alpha_min
+            self._last_alpha = None if last_alpha != last_alpha else last_alpha
         self._inner_state = inner_state
         self._k, self._alpha, self._count = k, alpha, count
 
@@ -371,6 +458,9 @@ class InPlaceLookahead:
         n = len(self._params)
         expected = {"k", "alpha", "count", "inner_name"}
         expected.update(f"slow.{i}" for i in range(n))
+        if self._alpha_mode == "adaptive":
+            expected.update({"alpha_mode", "alpha_min", "last_alpha"})
+            expected.update(f"start_grads.{i}" for i in range(n))
         expected.update(flatten_tree(_INNER_PREFIX, self._inner_state))
         param_keys = {f"params.{i}" for i in range(n)}
         with_params = any(key in values for key in param_keys)

@@ -47,7 +47,15 @@ class Lookahead(InPlaceLookahead):
         k: synchronization period, an ``int`` >= 1 (bool rejected).
         alpha: slow weights step size, a finite real in [0, 1]. ``alpha = 1``
             is the inner optimizer alone; ``alpha = 0`` resets θ to φ₀ every
-            k steps.
+            k steps. In adaptive mode, the fallback α.
+        alpha_mode: ``"fixed"`` (default, the paper) or ``"adaptive"``: each
+            sync uses Proposition 1's α* (eq. 0.3) estimated from the gradients
+            at θ_{t,0} and θ_{t,k}, clipped to ``[alpha_min, 1]``, exactly as
+            `lookahead_core.lookahead` does. A cycle then takes k + 1 `step`
+            calls: k inner steps, then one whose gradient (at θ_{t,k}) only
+            serves the estimate and the sync. Costs one parameter-sized buffer
+            (∇L(θ_{t,0})) and one gradient evaluation per cycle. See the Theory page.
+        alpha_min: lower end of the adaptive range, in [0, 1] (default 0.1).
         block_bytes: bytes per block of the sync and of the slow-weight swap
             (default 256 KiB). The scratch buffer, allocated here once per
             dtype, holds one block.
@@ -77,10 +85,15 @@ class Lookahead(InPlaceLookahead):
         k: int = 5,
         alpha: float = 0.5,
         *,
+        alpha_mode: str = "fixed",
+        alpha_min: float = 0.1,
         block_bytes: int = DEFAULT_BLOCK_BYTES,
     ) -> None:
         self._pairs: tuple[BlockPair, ...] = ()
-        super().__init__(params, inner, k, alpha, block_bytes=block_bytes)
+        super().__init__(
+            params, inner, k, alpha,
+            alpha_mode=alpha_mode, alpha_min=alpha_min, block_bytes=block_bytes,
+        )
 
     # -- the NumPy hooks of InPlaceLookahead ---------------------------------------------
 
