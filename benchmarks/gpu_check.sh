@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with an NVIDIA GPU, in about 3 minutes (5 at most),
+# The GPU check: on a machine with an NVIDIA GPU, in about 70 s (an H200, 2026-11-28) and
+# 5 minutes at most (every step has a time limit, and all of them share a 285 s budget),
 #   1. the CuPy and CUDA-torch tests (tests/test_cupy*.py, tests/test_torch*.py), which
 #      skip with "no CUDA device" elsewhere: here a skip for that reason is a failure;
 #   2. the conformance suite on the `cupy` and `torch-cuda` backends;
@@ -29,16 +30,32 @@ PYTHON=${PYTHON:-python3}
 VENV=${GPU_CHECK_VENV:-$ROOT/build/gpu-venv}
 OUT=${GPU_CHECK_OUT:-$ROOT/build/gpu-check}
 START=$SECONDS
+# Seconds for the whole script: every command that can take long runs under `within`,
+# which gives it its own limit or what is left of the budget, whichever is smaller
+# (each limit is several times what the step took on the H200: tests 28 s of 100,
+# conformance 4 and 13 s of 20 + 40 each, the benchmark 7 s of 45).
+BUDGET=${GPU_CHECK_BUDGET:-285}
 
 say() { printf '\n=== gpu_check [%3ds] %s\n' "$((SECONDS - START))" "$*"; }
 die() { printf 'gpu_check: FAILED: %s\n' "$*" >&2; exit 1; }
+# within LIMIT COMMAND...: run COMMAND with at most LIMIT seconds (less if the budget is short).
+within() {
+    local limit=$1 left=$((BUDGET - (SECONDS - START)))
+    shift
+    ((left < limit)) && limit=$left
+    if ((limit < 1)); then
+        echo "gpu_check: out of time (the ${BUDGET}s budget is spent) before: $*" >&2
+        return 124
+    fi
+    timeout "$limit" "$@"
+}
 
 # --- 1. a GPU, before anything is set up ------------------------------------------------------
 if ! command -v nvidia-smi >/dev/null 2>&1; then
     echo "gpu_check: no CUDA device (nvidia-smi not found: no NVIDIA driver on this machine)" >&2
     exit 2
 fi
-if ! gpus=$(nvidia-smi -L 2>&1) || ! grep -q '^GPU ' <<<"$gpus"; then
+if ! gpus=$(within 15 nvidia-smi -L 2>&1) || ! grep -q '^GPU ' <<<"$gpus"; then
     echo "gpu_check: no CUDA device (nvidia-smi -L says: ${gpus:-nothing})" >&2
     exit 2
 fi
@@ -46,31 +63,32 @@ say "GPU"
 echo "$gpus"
 
 # --- 2. the environment -----------------------------------------------------------------------
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+within 20 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
     || die "$PYTHON is not Python >= 3.10"
-if "$PYTHON" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
+if within 20 "$PYTHON" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)'; then
     VPY=$PYTHON  # already a virtual environment: install into it
 else
     # A new environment that sees the interpreter's packages (no virtual environment is
     # made from inside another one: that would see the base interpreter's packages only,
     # and CUDA's library finder would not look in the parent's site-packages).
-    [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv --system-site-packages "$VENV"
+    [[ -x $VENV/bin/python ]] || within 30 "$PYTHON" -m venv --system-site-packages "$VENV"
     VPY=$VENV/bin/python
 fi
-say "environment: $("$VPY" -c 'import sys; print(sys.prefix)')"
+say "environment: $(within 20 "$VPY" -c 'import sys; print(sys.prefix)')"
 
 extras=test
-"$VPY" -c 'import cupy' 2>/dev/null || extras+=,cupy
-"$VPY" -c 'import torch' 2>/dev/null || extras+=,torch
+within 30 "$VPY" -c 'import cupy' 2>/dev/null || extras+=,cupy
+within 30 "$VPY" -c 'import torch' 2>/dev/null || extras+=,torch
 pip_options=(--quiet --disable-pip-version-check)
-if "$VPY" -c 'import sys, setuptools; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' \
+if within 20 "$VPY" -c \
+        'import sys, setuptools; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' \
         2>/dev/null; then
     pip_options+=(--no-build-isolation)  # the environment can build the editable install itself
 fi
 echo "installing the project with [$extras]"
-"$VPY" -m pip install "${pip_options[@]}" -e "$ROOT[$extras]" \
-    || die "pip could not install the project with [$extras] (offline? see the header of this script)"
-"$VPY" - <<'EOF' || die "the environment cannot use the GPU (see above)"
+within 60 "$VPY" -m pip install "${pip_options[@]}" -e "$ROOT[$extras]" \
+    || die "pip could not install the project with [$extras] in time (offline? see this script's header)"
+within 30 "$VPY" - <<'EOF' || die "the environment cannot use the GPU (see above)"
 import sys
 import cupy, torch, lookahead_cupy
 print(f"python {sys.version.split()[0]}, cupy {cupy.__version__}, torch {torch.__version__}")
@@ -91,14 +109,14 @@ shopt -s nullglob
 tests=("$ROOT"/tests/test_cupy*.py "$ROOT"/tests/test_torch*.py)
 shopt -u nullglob
 parallel=()
-if "$VPY" -c 'import xdist' 2>/dev/null; then parallel=(-n 8); fi
+if within 20 "$VPY" -c 'import xdist' 2>/dev/null; then parallel=(-n 8); fi
 set +e
-(cd "$ROOT" && timeout 170 "$VPY" -m pytest -q -rs -p no:cacheprovider "${parallel[@]}" \
+(cd "$ROOT" && within 100 "$VPY" -m pytest -q -rs -p no:cacheprovider "${parallel[@]}" \
     "${tests[@]}") 2>&1 | tee "$OUT/tests.log"
 tests_status=${PIPESTATUS[0]}
 set -e
 if [[ $tests_status -ne 0 ]]; then
-    echo "gpu_check: the tests failed (exit $tests_status; 124 = over their 170 s)" >&2
+    echo "gpu_check: the tests failed (exit $tests_status; 124 = out of time)" >&2
     status=1
 fi
 if grep -q "no CUDA device" "$OUT/tests.log"; then
@@ -110,7 +128,7 @@ fi
 for backend in cupy torch-cuda; do
     say "conformance: $backend"
     # A backend that skips (unregistered, or no device) did not run: a failure here.
-    if ! (cd "$ROOT" && "$VPY" - "$backend" <<'EOF'
+    if ! (cd "$ROOT" && within 20 "$VPY" - "$backend" <<'EOF'
 import sys
 from lookahead_conformance import load_backend
 try:
@@ -125,12 +143,13 @@ EOF
         continue
     fi
     set +e
-    (cd "$ROOT" && timeout 90 "$VPY" -m lookahead_conformance --backend "$backend" \
+    (cd "$ROOT" && within 40 "$VPY" -m lookahead_conformance --backend "$backend" \
         --json "$OUT/conformance-$backend.json") 2>&1 | tee "$OUT/conformance-$backend.txt"
     conformance_status=${PIPESTATUS[0]}
     set -e
     if [[ $conformance_status -ne 0 ]]; then
-        echo "gpu_check: conformance of $backend failed (exit $conformance_status)" >&2
+        echo "gpu_check: conformance of $backend failed" \
+             "(exit $conformance_status; 124 = out of time)" >&2
         status=1
     fi
 done
@@ -138,11 +157,11 @@ done
 # --- 5. the bandwidth table -------------------------------------------------------------------
 say "sync bandwidth"
 set +e
-(cd "$ROOT" && timeout 120 "$VPY" benchmarks/gpu_bench.py --out "$OUT/bench.md")
+(cd "$ROOT" && within 45 "$VPY" benchmarks/gpu_bench.py --out "$OUT/bench.md")
 bench_status=$?
 set -e
 if [[ $bench_status -ne 0 ]]; then
-    echo "gpu_check: the benchmark failed (exit $bench_status)" >&2
+    echo "gpu_check: the benchmark failed (exit $bench_status; 124 = out of time)" >&2
     status=1
 fi
 

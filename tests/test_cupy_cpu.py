@@ -194,6 +194,41 @@ def test_flatten_rejects_numpy_arrays(with_cupy):
         lookahead_cupy.flatten([])
 
 
+def test_memory_sharing_test_is_numpys_answer_and_views_0d_arrays_as_1d():
+    """`shares_memory_exactly` on NumPy arrays, with NumPy's exact test as the library's:
+    the same answer as ``numpy.shares_memory`` for every pair (0-d views, interleaved,
+    reversed and empty ones included); the library's test is asked only about
+    overlapping byte ranges, and never about a 0-d array (which CuPy 14 gets wrong)."""
+    from lookahead_cupy._checks import shares_memory_exactly
+
+    base = np.arange(12.0)
+    grid = base.reshape(3, 4)
+
+    def element(i):  # a 0-d view (base[i] would be a NumPy scalar, a copy)
+        return base[i : i + 1].reshape(())
+
+    arrays = [base, element(3), element(4), element(3), base[::2], base[1::2], base[::-1],
+              grid[:, 1], grid[1], grid.T, np.zeros(()), np.zeros(3), base[5:5]]
+    assert all(np.shares_memory(base, a) for a in arrays[:3])
+    asked = []
+
+    def library_test(a, b):
+        asked.append((a.ndim, b.ndim))
+        return np.shares_memory(a, b)
+
+    def start(array):
+        return array.__array_interface__["data"][0]
+
+    for a in arrays:
+        for b in arrays:
+            assert shares_memory_exactly(a, b, start, library_test) == np.shares_memory(a, b)
+    assert asked and all(ndim > 0 for pair in asked for ndim in pair)
+    asked.clear()
+    assert not shares_memory_exactly(element(3), element(4), start, library_test)  # adjacent
+    assert not shares_memory_exactly(base[:3], np.zeros(3), start, library_test)
+    assert asked == []
+
+
 # --- the flat layout and the launch plan ----------------------------------------------------
 
 

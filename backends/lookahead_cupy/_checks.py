@@ -5,19 +5,31 @@ the shape, the strides and the item size): a parameter must not overlap
 itself and no two parameters may share memory, since the sync writes each
 element once. CuPy arrays have no read-only flag, so there is no writeability
 check.
+
+Whether two arrays share memory is `shares_memory`, not ``cupy.shares_memory``
+alone: CuPy 14's exact test is wrong for 0-d arrays (see there).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lookahead_core as lc
+from lookahead_numpy._checks import _byte_extent as byte_extent
 from lookahead_numpy._checks import check_no_self_overlap, check_no_shared_memory
 
 from ._device import require_cupy
 from ._kernels import SUPPORTED_DTYPES
 
-__all__ = ["KERNEL_MODES", "check_cupy_arrays", "check_kernel_mode", "check_params"]
+__all__ = [
+    "KERNEL_MODES",
+    "check_cupy_arrays",
+    "check_kernel_mode",
+    "check_params",
+    "shares_memory",
+    "shares_memory_exactly",
+]
 
 KERNEL_MODES = ("auto", "elementwise", "multi_tensor")
 
@@ -74,5 +86,51 @@ def check_params(params: Any) -> tuple[Any, ...]:
     arrays = check_cupy_arrays("params", params)
     for i, array in enumerate(arrays):
         check_no_self_overlap(f"params[{i}]", array, array.data.ptr)
-    check_no_shared_memory(arrays, lambda array: array.data.ptr, cupy.shares_memory)
+    check_no_shared_memory(arrays, lambda array: array.data.ptr, shares_memory)
     return arrays
+
+
+def shares_memory_exactly(
+    a: Any,
+    b: Any,
+    start_address: Callable[[Any], int],
+    library_test: Callable[[Any, Any], bool],
+) -> bool:
+    """Whether ``a`` and ``b`` have a byte in common; ``library_test``, made safe for 0-d arrays.
+
+    Empty arrays and arrays whose byte ranges are disjoint share nothing, and
+    are answered from their addresses, shapes and strides alone. Otherwise a
+    0-d operand is viewed as shape ``(1,)`` (the same element, the same
+    memory) before ``library_test`` answers.
+
+    Args:
+        a, b: strided arrays of one library (``size``, ``ndim``, ``shape``,
+            ``strides`` in bytes, ``itemsize``, ``reshape``).
+        start_address: the address of an array's first element.
+        library_test: the library's exact test, e.g. ``cupy.shares_memory``.
+    """
+    if a.size == 0 or b.size == 0:
+        return False
+    a_low, a_high = byte_extent(a, start_address(a))
+    b_low, b_high = byte_extent(b, start_address(b))
+    if a_high <= b_low or b_high <= a_low:
+        return False
+    return bool(library_test(_at_least_1d(a), _at_least_1d(b)))
+
+
+def _at_least_1d(array: Any) -> Any:
+    return array.reshape(1) if array.ndim == 0 else array
+
+
+def shares_memory(a: Any, b: Any) -> bool:
+    """``cupy.shares_memory(a, b)``, exact for 0-d arrays too.
+
+    CuPy 14's exact test lists the address of every element with an
+    ``ElementwiseKernel`` whose body is ``out = &x`` for an *input* ``x``. For a
+    0-d input, CuPy's ``CArray<T, 0>`` returns the element by value, so ``&x``
+    is the address of a thread-local copy, the same in every launch: any two
+    0-d arrays "share memory", and a 0-d view never shares with the array it
+    views. Viewed as shape ``(1,)``, the same element gives its device address.
+    """
+    cupy = require_cupy()
+    return shares_memory_exactly(a, b, lambda array: array.data.ptr, cupy.shares_memory)

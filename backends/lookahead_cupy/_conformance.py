@@ -53,9 +53,11 @@ class _CupyRunner:
         return self._opt.slow_nbytes
 
     def aliases(self) -> bool:
-        """Whether any fast weight shares memory with any slow weight."""
-        shares = self._cupy.shares_memory
-        return any(shares(p, s) for p in self._params for s in self._opt.slow)
+        """Whether any fast weight shares memory with any slow weight (exact for 0-d arrays,
+        which ``cupy.shares_memory`` is not; see `lookahead_cupy._checks.shares_memory`)."""
+        from ._checks import shares_memory
+
+        return any(shares_memory(p, s) for p in self._params for s in self._opt.slow)
 
     def device(self) -> str:
         """The device of every fast and slow weight, or a description of the mismatch."""

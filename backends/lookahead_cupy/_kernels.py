@@ -22,11 +22,16 @@ passed as a scalar of the *compute type*: float32 for float16 and float32
 parameters, float64 for float64. float16 values are widened to float32, the
 lerp runs in float32, and the result is rounded to float16 once. For float32
 and float64 the operations and their order are those of
-`lookahead_core.lerp`, and the kernels are compiled with ``--fmad=false``
-so that NVRTC cannot contract ``φ + α·diff`` into one fused multiply-add:
-each operation rounds once, as in NumPy and in CuPy's own ufuncs, and the
-result equals the core's bit for bit. `reference_sync` is the same arithmetic
-in NumPy; the tests compare the kernels against it.
+`lookahead_core.lerp`, each one a PTX instruction with an explicit rounding
+mode and no flush to zero (``sub.rn.f32``, ``mul.rn.f32``, ``add.rn.f32``, and
+``.f64``; see `arithmetic_helpers`): each operation rounds once, subnormals
+are kept, and the result equals NumPy's bit for bit. Plain C++ arithmetic
+would not do: CuPy appends ``-ftz=true`` to the options of every kernel it
+compiles (``cupy/cuda/compiler.py``; the last option wins), which flushes
+float32 subnormals to zero, and NVRTC may contract ``φ + α·diff`` into a
+fused multiply-add unless told ``--fmad=false``. Neither option alters an
+explicit PTX instruction. `reference_sync` is the same arithmetic in NumPy;
+the tests compare the kernels against it.
 
 Kernel parameters use concrete types (``float32 weight``, ``float16 theta``),
 never CuPy type placeholders: a placeholder ``T`` would take its type from
@@ -51,14 +56,15 @@ __all__ = [
     "NVRTC_OPTIONS",
     "SUPPORTED_DTYPES",
     "THREADS_PER_BLOCK",
+    "arithmetic_helpers",
     "elementwise_swap_kernel",
     "elementwise_sync_kernel",
     "lerp_weights",
     "multi_tensor_body",
     "multi_tensor_functions",
-    "multi_tensor_helpers",
     "multi_tensor_source",
     "reference_sync",
+    "storage_helpers",
     "swap_operation",
     "swap_params",
     "sync_operation",
@@ -78,9 +84,13 @@ COMPUTE_DTYPES = {"float16": "float32", "float32": "float32", "float64": "float6
 _ELEMENTWISE_CTYPES = {"float16": "float16", "float32": "float", "float64": "double"}
 _RAW_STORAGE = {"float16": "unsigned short", "float32": "float", "float64": "double"}
 _CTYPES_OF_COMPUTE = {"float32": "float", "float64": "double"}
+# PTX type suffix and inline-asm register constraint of each compute type.
+_PTX_TYPES = {"float32": ("f32", "f"), "float64": ("f64", "d")}
 
 NVRTC_OPTIONS = ("--fmad=false",)
-"""No contraction into fused multiply-adds: each operation rounds once, as in the core."""
+"""No contraction into fused multiply-adds anywhere in the kernels (the lerp's own
+operations are explicit PTX instructions, which no option changes; this keeps
+any other floating-point code the compiler sees uncontracted too)."""
 
 THREADS_PER_BLOCK = 256
 CHUNK = 4096
@@ -135,14 +145,20 @@ def sync_params(dtype: str) -> tuple[str, str]:
 
 
 def sync_operation(dtype: str) -> str:
-    """The loop body of the ElementwiseKernel sync: one element of θ and φ."""
-    c = _CTYPES_OF_COMPUTE[COMPUTE_DTYPES[_check_dtype(dtype)]]
+    """The loop body of the ElementwiseKernel sync: one element of θ and φ.
+
+    The arithmetic goes through `arithmetic_helpers` (the kernel's preamble),
+    and the one narrowing, compute type to parameter dtype, is an explicit cast.
+    """
+    dtype = _check_dtype(dtype)
+    c = _CTYPES_OF_COMPUTE[COMPUTE_DTYPES[dtype]]
     return (
         f"const {c} t = static_cast<{c}>(theta);\n"
         f"const {c} p = static_cast<{c}>(phi);\n"
-        f"const {c} diff = t - p;\n"
-        f"const {c} s = low_weight ? p + weight * diff : t - weight * diff;\n"
-        "phi = s;\n"
+        f"const {c} diff = lookahead_sub(t, p);\n"
+        f"const {c} s = low_weight ? lookahead_add(p, lookahead_mul(weight, diff))\n"
+        f"                         : lookahead_sub(t, lookahead_mul(weight, diff));\n"
+        f"phi = static_cast<{_ELEMENTWISE_CTYPES[dtype]}>(s);\n"
         "theta = phi;\n"
     )
 
@@ -170,7 +186,7 @@ def elementwise_sync_kernel(dtype: str) -> Any:
     in_params, out_params = sync_params(dtype)
     return cupy.ElementwiseKernel(
         in_params, out_params, sync_operation(dtype), f"lookahead_sync_{dtype}",
-        options=NVRTC_OPTIONS, no_return=True,
+        preamble=arithmetic_helpers(dtype), options=NVRTC_OPTIONS, no_return=True,
     )
 
 
@@ -185,11 +201,35 @@ def elementwise_swap_kernel(dtype: str) -> Any:
     )
 
 
-# --- multi-tensor RawModule (one launch per dtype) ----------------------------------------
+# --- device functions shared by the kernels -----------------------------------------------
 
 
-def multi_tensor_helpers(dtype: str) -> str:
-    """Device functions converting between storage and compute type (CUDA only)."""
+def arithmetic_helpers(dtype: str) -> str:
+    """``lookahead_sub``, ``lookahead_mul`` and ``lookahead_add`` on the compute type (CUDA only).
+
+    Each is one PTX instruction with round-to-nearest-even and no ``.ftz``
+    (``sub.rn.f32``, ...): it rounds once, keeps subnormals, and is never fused
+    with another (PTX treats instructions with an explicit rounding mode
+    conservatively), whatever ``-ftz``, ``--fmad`` or ``--use_fast_math`` the
+    module is compiled with. The tests compile these with NVRTC under CuPy's
+    options and check the PTX.
+    """
+    suffix, constraint = _PTX_TYPES[COMPUTE_DTYPES[_check_dtype(dtype)]]
+    c = _CTYPES_OF_COMPUTE[COMPUTE_DTYPES[dtype]]
+    return "".join(
+        f"__device__ __forceinline__ {c} lookahead_{name}(const {c} a, const {c} b) {{\n"
+        f"    {c} result;\n"
+        f'    asm("{name}.rn.{suffix} %0, %1, %2;" : "={constraint}"(result)'
+        f' : "{constraint}"(a), "{constraint}"(b));\n'
+        "    return result;\n"
+        "}\n"
+        for name in ("sub", "mul", "add")
+    )
+
+
+def storage_helpers(dtype: str) -> str:
+    """``lookahead_load`` and ``lookahead_store``: storage type to compute type and back
+    (CUDA only for float16; plain C++ otherwise)."""
     dtype = _check_dtype(dtype)
     if dtype == "float16":
         # The conversions cuda_fp16.h's __half2float / __float2half_rn compile to.
@@ -212,8 +252,12 @@ def multi_tensor_helpers(dtype: str) -> str:
     )
 
 
+# --- multi-tensor RawModule (one launch per dtype) ----------------------------------------
+
+
 def multi_tensor_body(dtype: str) -> str:
-    """The multi-tensor sync and swap kernels for ``dtype``, without the helpers.
+    """The multi-tensor sync and swap kernels for ``dtype``, without the helpers
+    (`storage_helpers`, `arithmetic_helpers`).
 
     Block ``b`` finds its tensor ``t`` by binary search in ``first_block``
     (the last ``t`` with ``first_block[t] <= b``, see
@@ -233,6 +277,10 @@ def multi_tensor_body(dtype: str) -> str:
         "    const int tensor = lookahead_tensor_of(first_block, n_tensors, block);\n"
         f"    {s}* __restrict__ theta = reinterpret_cast<{s}*>(theta_ptrs[tensor]);\n"
         f"    {s}* __restrict__ phi = reinterpret_cast<{s}*>(phi_ptrs[tensor]);\n"
+        "    // Device memory: said so, since a function with inline PTX (the helpers) gets\n"
+        "    // generic loads and stores for pointers read from a table otherwise.\n"
+        "    __builtin_assume(__isGlobal(theta));\n"
+        "    __builtin_assume(__isGlobal(phi));\n"
         "    const long long start = static_cast<long long>(block - first_block[tensor]) * chunk;\n"
         "    const long long stop = start + chunk < sizes[tensor] ? start + chunk : sizes[tensor];\n"
         "    const long long stride = static_cast<long long>(blockDim.x);\n"
@@ -289,8 +337,10 @@ def multi_tensor_body(dtype: str) -> str:
         f"{batch_each}"
         f"                const {c} t = lookahead_load(th[u]);\n"
         f"                const {c} p = lookahead_load(ph[u]);\n"
-        f"                const {c} diff = t - p;\n"
-        f"                const {c} lerped = low_weight ? p + weight * diff : t - weight * diff;\n"
+        f"                const {c} diff = lookahead_sub(t, p);\n"
+        f"                const {c} lerped = low_weight\n"
+        f"                    ? lookahead_add(p, lookahead_mul(weight, diff))\n"
+        f"                    : lookahead_sub(t, lookahead_mul(weight, diff));\n"
         f"                const {s} stored = lookahead_store(lerped);\n"
         "                phi[i] = stored;\n"
         "                theta[i] = stored;\n"
@@ -322,7 +372,7 @@ def multi_tensor_body(dtype: str) -> str:
 
 def multi_tensor_source(dtype: str) -> str:
     """The complete CUDA source of the multi-tensor module for ``dtype``."""
-    return multi_tensor_helpers(dtype) + "\n" + multi_tensor_body(dtype)
+    return storage_helpers(dtype) + arithmetic_helpers(dtype) + "\n" + multi_tensor_body(dtype)
 
 
 @functools.lru_cache(maxsize=None)

@@ -108,8 +108,10 @@ class Lookahead(InPlaceLookahead):
     both: by default one multi-tensor launch covers every dense parameter of a
     dtype (views of one flat buffer, see `lookahead_cupy.flatten`, form a
     single contiguous segment of it). For float32 and float64
-    the results equal the core's (`lookahead_core.lookahead` on CuPy arrays)
-    bit for bit; float16 is computed in float32 and rounded once.
+    the sync equals the core's `lookahead_core.lerp` bit for bit, subnormals
+    included (CuPy's own float32 kernels flush them to zero; the sync's
+    arithmetic is explicit PTX that does not); float16 is computed in float32
+    and rounded once.
 
     The slow weights start as a copy of the parameters taken here (φ₀ = θ₀),
     in one buffer per dtype on the parameters' device. Everything runs on the
