@@ -13,7 +13,7 @@ import torch
 
 import lookahead_core as lc
 
-from . import _kernels
+from . import _distributed, _kernels
 from ._checks import (
     as_count,
     check_group_settings,
@@ -35,6 +35,12 @@ _FORMAT = 1
 _SLOW_KEY = "lookahead_slow"
 _MOMENTUM_KEY = "lookahead_momentum"
 _COUNT_KEY = "lookahead_count"
+
+# torch.distributed.checkpoint.state_dict keeps only 'state' and 'param_groups'.
+_NO_SECTION_HINT = (
+    " (torch.distributed.checkpoint.state_dict drops it: use "
+    "lookahead_torch.distributed.get_optimizer_state_dict / set_optimizer_state_dict)"
+)
 
 # Per-parameter state entries of torch.optim.SGD/Adam/AdamW that have the parameter's shape.
 _PARAM_SHAPED_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -90,6 +96,16 @@ class Lookahead(torch.optim.Optimizer):
     can be changed during training (``opt.param_groups[0]["lookahead_k"] = 10``);
     a new value is checked at the next `step`. Each group counts its executed
     steps and syncs when its count reaches its k.
+
+    Distributed training: under DDP the parameters are replicated and every
+    rank syncs identically, without communication. The slow copy of a DTensor
+    parameter (FSDP2's ``fully_shard``) is a DTensor sharded like it, so each
+    rank holds one copy of its own shard, and the sync runs on the local
+    shards without communication. A ``ZeroRedundancyOptimizer`` works as the
+    inner optimizer (the slow copy is then not partitioned). Checkpoints go
+    through ``torch.distributed.checkpoint`` with
+    `lookahead_torch.distributed.get_optimizer_state_dict` and
+    `lookahead_torch.distributed.set_optimizer_state_dict`.
 
     Args:
         optimizer: the inner optimizer A, an instance of ``torch.optim.Optimizer``
@@ -173,6 +189,7 @@ class Lookahead(torch.optim.Optimizer):
                 f"pullback={pullback!r} and reset_inner_state=True cannot be combined: the "
                 "state reset would discard what the pullback computes"
             )
+        _distributed.check_inner(optimizer)
         key = momentum_key(optimizer) if pullback != "none" else None
         if pullback != "none":
             _check_momentum_mapping(optimizer, pullback, key)
@@ -333,7 +350,7 @@ class Lookahead(torch.optim.Optimizer):
                 else None
             )
         self._slots.append(_GroupSlots(params, slow, momentum))
-        self._scratch = _kernels.make_scratch(*self._all_pairs())
+        self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     def _slow_dtype_of(self, param: torch.Tensor) -> torch.dtype:
         wide = self._slow_dtype
@@ -341,18 +358,22 @@ class Lookahead(torch.optim.Optimizer):
             return wide
         return param.dtype
 
-    def _all_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _all_local_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every (θ, φ) pair as the tensors this rank holds (a DTensor's local shard)."""
         fast: list[torch.Tensor] = []
         slow: list[torch.Tensor] = []
         for slots in self._slots:
-            fast.extend(slots.params)
-            slow.extend(slots.slow)
+            fast.extend(_distributed.locals_(slots.params))
+            slow.extend(_distributed.locals_(slots.slow))
         return fast, slow
 
     def _check_structure(self) -> None:
         """Adopt groups added to the inner optimizer directly; refuse changed groups.
 
-        Cheap on every step: list identity in the usual case.
+        A group whose parameters were replaced by tensors holding the same
+        values, at a cycle boundary, keeps its slow weights, laid out like the
+        new parameters (see `_adopt_replaced_params`). Cheap on every step:
+        list identity in the usual case.
         """
         groups = self._inner.param_groups
         if len(groups) < len(self._slots):
@@ -367,15 +388,72 @@ class Lookahead(torch.optim.Optimizer):
             if len(params) != len(slots.params) or any(
                 a is not b for a, b in zip(params, slots.params)
             ):
-                raise RuntimeError(
-                    f"param_groups[{g}]['params'] changed after Lookahead took its slow "
-                    "copies; add parameters with add_param_group instead"
-                )
+                self._adopt_replaced_params(g, params)
             slots.params = params
         for g in range(len(self._slots), len(groups)):
             # Added with inner.add_param_group: no step has touched it yet, so φ₀ = θ now.
             _check_group(f"param_groups[{g}]", groups[g], self._k, self._alpha)
             self._adopt_group(groups[g])
+
+    def _adopt_replaced_params(self, g: int, params: list[Any]) -> None:
+        """Keep group g's slow weights for parameters that replaced its own, or refuse.
+
+        Sharding a model after its optimizer was built replaces each parameter
+        by a DTensor (Accelerate's FSDP2 ``prepare()`` swaps the optimizer's
+        parameters for the ``fully_shard`` ones). At a cycle boundary θ = φ, so
+        a new parameter of the same shape and dtype holding exactly the values
+        of its slow weights (in the parameter's dtype) is the same parameter laid
+        out anew: its slow copy (and pullback momentum copy) is carried over in
+        the new layout, each rank keeping its own shard, without communication.
+        Anything else is refused before anything changes.
+
+        Raises:
+            RuntimeError: mid-cycle, another number of parameters, another shape
+                or dtype, other values, or a sharded slow copy for a plain
+                parameter (unsharding is not supported).
+        """
+        slots = self._slots[g]
+        where = f"param_groups[{g}]['params']"
+
+        def refuse(reason: str) -> RuntimeError:
+            return RuntimeError(
+                f"{where} changed after Lookahead took its slow copies ({reason}); add "
+                "parameters with add_param_group instead, or replace parameters only by "
+                "tensors holding the same values, at a cycle boundary"
+            )
+
+        if slots.count != 0:
+            raise refuse(f"{slots.count} steps into a cycle of this group")
+        if len(params) != len(slots.slow):
+            raise refuse(f"{len(params)} parameters instead of {len(slots.slow)}")
+        slow, momentum = [], []
+        with torch.no_grad():
+            for i, (p, phi) in enumerate(zip(params, slots.slow)):
+                check_param(f"{where}[{i}]", p)
+                if tuple(p.shape) != tuple(phi.shape) or self._slow_dtype_of(p) != phi.dtype:
+                    raise refuse(
+                        f"[{i}] is {p.dtype} {tuple(p.shape)}, its slow copy {phi.dtype} {tuple(phi.shape)}"
+                    )
+                if _distributed.is_dtensor(phi) and (
+                    not _distributed.is_dtensor(p) or phi.device_mesh != p.device_mesh
+                ):
+                    raise refuse(
+                        f"[{i}]'s slow copy is sharded and the new parameter is not sharded over "
+                        "the same device mesh"
+                    )
+                relaid = _distributed.as_param_layout(f"{where}[{i}]", phi, p)
+                if relaid.device != p.device:  # fully_shard moves a CPU model to the mesh's device
+                    relaid = relaid.to(p.device)
+                if not torch.equal(_distributed.local(p).detach(), _distributed.local(relaid).to(p.dtype)):
+                    raise refuse(f"[{i}] holds other values than its slow weights")
+                slow.append(relaid)
+                if slots.momentum is not None:
+                    moved = _distributed.as_param_layout(f"{where}[{i}]", slots.momentum[i], p)
+                    momentum.append(moved if moved.device == p.device else moved.to(p.device))
+        slots.slow = slow
+        if slots.momentum is not None:
+            slots.momentum = momentum
+        self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     def _schedule(self) -> list[tuple[int, float]]:
         """Each group's (k, α), checked: a bad value raises before anything changes."""
@@ -399,7 +477,9 @@ class Lookahead(torch.optim.Optimizer):
 
         Only a step that reaches the inner optimizer counts. ``GradScaler``
         does not call ``step`` when it finds inf/NaN gradients, so a skipped
-        AMP step does not advance the schedule.
+        AMP step does not advance the schedule. The zero-gradient, ``lr = 0``
+        step by which ``torch.distributed.checkpoint.state_dict`` initializes
+        an empty optimizer state runs the inner step only: it does not count.
 
         Args:
             closure: passed to the inner optimizer's ``step`` (which
@@ -415,6 +495,10 @@ class Lookahead(torch.optim.Optimizer):
         """
         self._refuse_while_swapped("step")
         self._check_structure()
+        if _distributed.called_for_state_initialization():
+            # torch.distributed.checkpoint creating the inner state with lr = 0 and zero
+            # gradients: not a training step, so no count and no sync.
+            return self._inner.step() if closure is None else self._inner.step(closure)
         schedule = self._schedule()
         due = [g for g, slots in enumerate(self._slots) if slots.count + 1 >= schedule[g][0]]
         for g in due:  # only on sync steps; raises before the inner step changes anything
@@ -453,9 +537,11 @@ class Lookahead(torch.optim.Optimizer):
             due = [g for g in due if not self._rolled_back(g)]
         by_alpha: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for g in due:
+            # DTensor pairs are sharded alike: the elementwise sync runs on the local
+            # shards, with no communication.
             fast, slow = by_alpha.setdefault(schedule[g][1], ([], []))
-            fast.extend(self._slots[g].params)
-            slow.extend(self._slots[g].slow)
+            fast.extend(_distributed.locals_(self._slots[g].params))
+            slow.extend(_distributed.locals_(self._slots[g].slow))
         for alpha, (fast, slow) in by_alpha.items():
             _kernels.lerp_and_copy_(fast, slow, alpha, self._scratch)
         if self._pullback != "none":
@@ -468,14 +554,16 @@ class Lookahead(torch.optim.Optimizer):
     def _rolled_back(self, g: int) -> bool:
         """``nonfinite="rollback"``: if group g's fast weights are not finite, θ ← φ."""
         slots = self._slots[g]
-        if _kernels.all_finite(slots.params):
+        finite = _kernels.all_finite(_distributed.locals_(slots.params))
+        # Sharded parameters: every rank must take the same decision.
+        if _distributed.all_ranks_finite(finite, slots.params):
             return False
-        _kernels.copy_(slots.params, slots.slow)
+        _kernels.copy_(_distributed.locals_(slots.params), _distributed.locals_(slots.slow))
         # A blow-up has nearly always poisoned the moments too: restart them.
         self._restart_inner_state([g])
         if slots.momentum is not None:
             with torch.no_grad():
-                torch._foreach_zero_([m for m in slots.momentum if m.numel() > 0])
+                torch._foreach_zero_([m for m in _distributed.locals_(slots.momentum) if m.numel() > 0])
         slots.count = 0
         self._rollbacks += 1
         return True
@@ -489,9 +577,9 @@ class Lookahead(torch.optim.Optimizer):
             for i, p in enumerate(slots.params):
                 buffer = state[p].get(key) if p in state else None
                 if isinstance(buffer, torch.Tensor):
-                    buffers.append(buffer)
+                    buffers.append(_distributed.local(buffer))
                     if slots.momentum is not None:
-                        caches.append(slots.momentum[i])
+                        caches.append(_distributed.local(slots.momentum[i]))
             if not buffers:
                 continue
             if self._pullback == "reset":
@@ -501,10 +589,13 @@ class Lookahead(torch.optim.Optimizer):
                 _kernels.lerp_and_copy_(buffers, caches, schedule[g][1], self._scratch)
 
     def _restart_inner_state(self, groups: Iterable[int]) -> None:
-        state = self._inner.state
+        # A ZeroRedundancyOptimizer keeps the state of this rank's partition in its
+        # local optimizer: clear both.
+        states = _distributed.inner_state_dicts(self._inner)
         for g in groups:
             for p in self._slots[g].params:
-                state.pop(p, None)
+                for state in states:
+                    state.pop(p, None)
 
     # -- evaluation with the slow weights -------------------------------------------------
 
@@ -534,8 +625,8 @@ class Lookahead(torch.optim.Optimizer):
         slow: list[torch.Tensor] = []
         for g, slots in enumerate(self._slots):
             self._check_placement(g)
-            fast.extend(p.detach() for p in slots.params)
-            slow.extend(slots.slow)
+            fast.extend(_distributed.local(p.detach()) for p in slots.params)
+            slow.extend(_distributed.locals_(slots.slow))
         stashes = _kernels.swap_(fast, slow)
         self._swapped = (fast, slow, stashes)
         try:
@@ -595,6 +686,9 @@ class Lookahead(torch.optim.Optimizer):
                     f"{p.device}, its slow copy {s.dtype} {tuple(s.shape)} on {s.device}: move "
                     "or cast the model before building the optimizer"
                 )
+            mismatch = _distributed.layout_mismatch(p, s)
+            if mismatch is not None:
+                raise RuntimeError(f"param_groups[{g}]['params'][{i}]: {mismatch}")
 
     def _refuse_while_swapped(self, what: str) -> None:
         if self._swapped is not None:
@@ -626,6 +720,8 @@ class Lookahead(torch.optim.Optimizer):
         """
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
+        if self._swapped is None:
+            self._check_structure()
         inner_sd = self._inner.state_dict()
         current = self._current_slow()
         state = dict(inner_sd["state"])
@@ -644,19 +740,23 @@ class Lookahead(torch.optim.Optimizer):
         state_dict: dict[str, Any] = {
             "state": state,
             "param_groups": packed_groups,
-            "lookahead": {
-                "format": _FORMAT,
-                "k": self._k,
-                "alpha": self._alpha,
-                "pullback": self._pullback,
-                "rollbacks": self._rollbacks,
-            },
+            "lookahead": self._lookahead_section(),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             result = post_hook(self, state_dict)
             if result is not None:
                 state_dict = result
         return state_dict
+
+    def _lookahead_section(self) -> dict[str, Any]:
+        """The ``"lookahead"`` section of `state_dict` (a new dict of Python scalars)."""
+        return {
+            "format": _FORMAT,
+            "k": self._k,
+            "alpha": self._alpha,
+            "pullback": self._pullback,
+            "rollbacks": self._rollbacks,
+        }
 
     @torch._disable_dynamo
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -755,6 +855,7 @@ class Lookahead(torch.optim.Optimizer):
                 if _COUNT_KEY in saved:
                     raise ValueError(
                         f"{where} has {_COUNT_KEY!r} but the state_dict has no 'lookahead' section"
+                        f"{_NO_SECTION_HINT}"
                     )
                 counts.append(0)
             else:
@@ -783,16 +884,23 @@ class Lookahead(torch.optim.Optimizer):
                 if found:
                     raise ValueError(
                         f"{where} has {found} but the state_dict has no 'lookahead' section"
+                        f"{_NO_SECTION_HINT}"
                     )
             else:
                 if _SLOW_KEY not in entry:
                     raise ValueError(f"{where} is missing {_SLOW_KEY!r} (the slow weights)")
-                slow[(g, i)] = _checked_tensor(f"{where}[{_SLOW_KEY!r}]", entry[_SLOW_KEY], param)
+                slow[(g, i)] = _distributed.as_param_layout(
+                    f"{where}[{_SLOW_KEY!r}]",
+                    _checked_tensor(f"{where}[{_SLOW_KEY!r}]", entry[_SLOW_KEY], param),
+                    param,
+                )
                 if self._pullback == "pullback":
                     if _MOMENTUM_KEY not in entry:
                         raise ValueError(f"{where} is missing {_MOMENTUM_KEY!r}")
-                    momentum[(g, i)] = _checked_tensor(
-                        f"{where}[{_MOMENTUM_KEY!r}]", entry[_MOMENTUM_KEY], param
+                    momentum[(g, i)] = _distributed.as_param_layout(
+                        f"{where}[{_MOMENTUM_KEY!r}]",
+                        _checked_tensor(f"{where}[{_MOMENTUM_KEY!r}]", entry[_MOMENTUM_KEY], param),
+                        param,
                     )
                 elif _MOMENTUM_KEY in entry:
                     raise ValueError(
@@ -877,22 +985,23 @@ class Lookahead(torch.optim.Optimizer):
         with torch.no_grad():
             for g, slots in enumerate(self._slots):
                 for i, p in enumerate(slots.params):
+                    # DTensors: laid out like the parameter (see _plan_load), so shard to shard.
                     slots.slow[i] = plan.slow_buffers[(g, i)]
-                    slots.slow[i].copy_(p.detach() if plan.plain else plan.slow[(g, i)])
+                    _copy_into(slots.slow[i], p.detach() if plan.plain else plan.slow[(g, i)])
                     if slots.momentum is None:
                         continue
                     slots.momentum[i] = plan.momentum_buffers[(g, i)]
                     if not plan.plain:
-                        slots.momentum[i].copy_(plan.momentum[(g, i)])
+                        _copy_into(slots.momentum[i], plan.momentum[(g, i)])
                         continue
                     loaded = state[p].get(self._momentum_key) if p in state else None
                     if isinstance(loaded, torch.Tensor):
-                        slots.momentum[i].copy_(loaded)
+                        _copy_into(slots.momentum[i], loaded)
                     else:
-                        slots.momentum[i].zero_()
+                        _distributed.local(slots.momentum[i]).zero_()
                 slots.count = plan.counts[g]
         self._k, self._alpha, self._rollbacks = plan.k, plan.alpha, plan.rollbacks
-        self._scratch = _kernels.make_scratch(*self._all_pairs())
+        self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     # -- pickling and copying -------------------------------------------------------------
 
@@ -929,7 +1038,7 @@ class Lookahead(torch.optim.Optimizer):
         self._slots = state["slots"]
         self._rollbacks = state["rollbacks"]
         self._swapped = None
-        self._scratch = _kernels.make_scratch(*self._all_pairs())
+        self._scratch = _kernels.make_scratch(*self._all_local_pairs())
         # What Optimizer.__init__ would have set up.
         for name in (
             "_optimizer_step_pre_hooks",
@@ -977,9 +1086,22 @@ class _LoadPlan:
     momentum_buffers: dict[tuple[int, int], torch.Tensor]
 
 
+def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst ← src``; shard to shard when both are DTensors sharded alike (no communication)."""
+    if _distributed.same_layout(dst, src):
+        _distributed.local(dst).copy_(_distributed.local(src))
+    else:
+        dst.copy_(src)
+
+
 def _buffer_for(current: torch.Tensor, param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``current`` if it fits ``param``'s device and shape in ``dtype``, else a new buffer that does."""
-    if current.device == param.device and current.dtype == dtype and current.shape == param.shape:
+    if (
+        current.device == param.device
+        and current.dtype == dtype
+        and current.shape == param.shape
+        and _distributed.same_layout(current, param)
+    ):
         return current
     return torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)
 
