@@ -35,6 +35,8 @@ _FORMAT = 1
 _SLOW_KEY = "lookahead_slow"
 _MOMENTUM_KEY = "lookahead_momentum"
 _COUNT_KEY = "lookahead_count"
+_START_GRAD_KEY = "lookahead_start_grad"
+_LAST_ALPHA_KEY = "lookahead_last_alpha"
 
 # torch.distributed.checkpoint.state_dict keeps only 'state' and 'param_groups'.
 _NO_SECTION_HINT = (
@@ -55,13 +57,21 @@ class _GroupSlots:
             object as ``group["params"]``, to notice a replaced list cheaply).
         slow: the slow weights φ, one tensor per parameter, same order.
         momentum: the slow copies of the inner momentum (``pullback="pullback"``), else ``None``.
-        count: executed inner steps since this group's last sync.
+        count: executed inner steps since this group's last sync; in adaptive
+            mode ``count`` may equal k: the cycle's steps are done and the
+            estimate call (which syncs) is pending.
+        start_grads: adaptive mode: ∇L(θ_{t,0}), the gradients the cycle's first
+            inner step received (the mode's one extra parameter-sized buffer),
+            else ``None``.
+        last_alpha: adaptive mode: the α of this group's most recent sync, or ``None``.
     """
 
     params: list[torch.Tensor]
     slow: list[torch.Tensor]
     momentum: list[torch.Tensor] | None
     count: int = 0
+    start_grads: list[torch.Tensor] | None = None
+    last_alpha: float | None = None
 
 
 class Lookahead(torch.optim.Optimizer):
@@ -133,6 +143,17 @@ class Lookahead(torch.optim.Optimizer):
             whose fast weights hold inf or NaN is reset to its slow weights
             instead (the sync is skipped, its inner state restarts, and
             `rollbacks` counts it), so one blow-up loses k steps, not the run.
+        alpha_mode: ``"fixed"`` (default, the paper) or ``"adaptive"``: each
+            sync uses Proposition 1's α* (eq. 0.3) estimated from gradients
+            (`lookahead_core.secant_alpha`), one α per param group, clipped to
+            ``[alpha_min, 1]``; a group's ``lookahead_alpha`` is the fallback
+            when the estimate is undefined. A cycle is then k inner steps plus
+            one `step` call whose gradients (at θ_{t,k}) serve the estimate and
+            the sync only. Costs one parameter-sized buffer (∇L(θ_{t,0})), one
+            extra gradient per cycle and one host sync per estimate. Not
+            supported for DTensor or complex parameters.
+        alpha_min: lower end of the adaptive range, a finite real in [0, 1];
+            validated in both modes, used only in adaptive mode.
 
     Raises:
         TypeError: an argument of the wrong type (the message names it).
@@ -160,6 +181,8 @@ class Lookahead(torch.optim.Optimizer):
         reset_inner_state: bool = False,
         slow_dtype: torch.dtype | None = None,
         nonfinite: str | None = None,
+        alpha_mode: str = "fixed",
+        alpha_min: float = 0.1,
     ) -> None:
         if isinstance(optimizer, type):
             raise TypeError(
@@ -176,7 +199,7 @@ class Lookahead(torch.optim.Optimizer):
                 "optimizer is already a Lookahead; wrap its inner optimizer (.optimizer) instead"
             )
         k = lc.check_k(k)
-        alpha = lc.check_alpha(alpha)
+        alpha, alpha_mode, alpha_min = lc.check_alpha_mode(alpha, alpha_mode, alpha_min)
         pullback = check_pullback(pullback)
         if not isinstance(reset_inner_state, bool):
             raise TypeError(
@@ -195,6 +218,8 @@ class Lookahead(torch.optim.Optimizer):
             _check_momentum_mapping(optimizer, pullback, key)
         for g, group in enumerate(optimizer.param_groups):
             _check_group(f"optimizer.param_groups[{g}]", group, k, alpha)
+            if alpha_mode == "adaptive":
+                _check_adaptive_group(f"optimizer.param_groups[{g}]", group, alpha, alpha_min)
 
         # Plain attributes first: the property setters and add_param_group that
         # Optimizer.__init__ calls below read them.
@@ -206,6 +231,8 @@ class Lookahead(torch.optim.Optimizer):
         self._reset_inner_state = reset_inner_state
         self._slow_dtype = slow_dtype
         self._nonfinite = nonfinite
+        self._alpha_mode = alpha_mode
+        self._alpha_min = alpha_min
         self._slots: list[_GroupSlots] = []
         self._scratch: dict[_kernels.ScratchKey, torch.Tensor] = {}
         self._rollbacks = 0
@@ -274,6 +301,21 @@ class Lookahead(torch.optim.Optimizer):
         return self._pullback
 
     @property
+    def alpha_mode(self) -> str:
+        """``"fixed"`` (the paper) or ``"adaptive"`` (α estimated at each scheduled sync)."""
+        return self._alpha_mode
+
+    @property
+    def alpha_min(self) -> float:
+        """Lower end of the adaptive α range ``[alpha_min, 1]`` (unused with a fixed α)."""
+        return self._alpha_min
+
+    @property
+    def last_alphas(self) -> tuple[float | None, ...]:
+        """Adaptive mode: per group, the α of its most recent sync (``None`` before one)."""
+        return tuple(slots.last_alpha for slots in self._slots)
+
+    @property
     def counts(self) -> tuple[int, ...]:
         """Per group, the executed inner steps since its last sync."""
         return tuple(slots.count for slots in self._slots)
@@ -298,7 +340,16 @@ class Lookahead(torch.optim.Optimizer):
         return (
             f"Lookahead(k={self._k}, alpha={self._alpha}, pullback={self._pullback!r}, "
             f"reset_inner_state={self._reset_inner_state}, slow_dtype={self._slow_dtype}, "
-            f"nonfinite={self._nonfinite!r}, counts={list(self.counts)},\n  inner={inner})"
+            f"nonfinite={self._nonfinite!r}, {self._adaptive_repr()}counts={list(self.counts)},"
+            f"\n  inner={inner})"
+        )
+
+    def _adaptive_repr(self) -> str:
+        if self._alpha_mode == "fixed":
+            return ""
+        return (
+            f"alpha_mode={self._alpha_mode!r}, alpha_min={self._alpha_min}, "
+            f"last_alphas={list(self.last_alphas)}, "
         )
 
     # -- param groups ---------------------------------------------------------------------
@@ -329,6 +380,8 @@ class Lookahead(torch.optim.Optimizer):
         added = self._inner.param_groups[-1]
         try:
             _check_group(where, added, self._k, self._alpha)
+            if self._alpha_mode == "adaptive":
+                _check_adaptive_group(where, added, self._alpha, self._alpha_min)
             self._adopt_group(added)
         except BaseException:
             self._inner.param_groups.pop()
@@ -349,7 +402,12 @@ class Lookahead(torch.optim.Optimizer):
                 if self._pullback == "pullback"
                 else None
             )
-        self._slots.append(_GroupSlots(params, slow, momentum))
+            start_grads = (
+                [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+                if self._alpha_mode == "adaptive"
+                else None
+            )
+        self._slots.append(_GroupSlots(params, slow, momentum, 0, start_grads))
         self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     def _slow_dtype_of(self, param: torch.Tensor) -> torch.dtype:
@@ -393,6 +451,8 @@ class Lookahead(torch.optim.Optimizer):
         for g in range(len(self._slots), len(groups)):
             # Added with inner.add_param_group: no step has touched it yet, so φ₀ = θ now.
             _check_group(f"param_groups[{g}]", groups[g], self._k, self._alpha)
+            if self._alpha_mode == "adaptive":
+                _check_adaptive_group(f"param_groups[{g}]", groups[g], self._alpha, self._alpha_min)
             self._adopt_group(groups[g])
 
     def _adopt_replaced_params(self, g: int, params: list[Any]) -> None:
@@ -430,6 +490,8 @@ class Lookahead(torch.optim.Optimizer):
         with torch.no_grad():
             for i, (p, phi) in enumerate(zip(params, slots.slow)):
                 check_param(f"{where}[{i}]", p)
+                if self._alpha_mode == "adaptive":
+                    _check_adaptive_param(f"{where}[{i}]", p)
                 if tuple(p.shape) != tuple(phi.shape) or self._slow_dtype_of(p) != phi.dtype:
                     raise refuse(
                         f"[{i}] is {p.dtype} {tuple(p.shape)}, its slow copy {phi.dtype} {tuple(phi.shape)}"
@@ -453,6 +515,8 @@ class Lookahead(torch.optim.Optimizer):
         slots.slow = slow
         if slots.momentum is not None:
             slots.momentum = momentum
+        if slots.start_grads is not None:  # mid-cycle is refused above: their values are stale
+            slots.start_grads = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
         self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     def _schedule(self) -> list[tuple[int, float]]:
@@ -467,6 +531,11 @@ class Lookahead(torch.optim.Optimizer):
                 k = group_k(f"param_groups[{g}]", group, self._k)
             if type(alpha) is not float or not 0.0 <= alpha <= 1.0:
                 alpha = group_alpha(f"param_groups[{g}]", group, self._alpha)
+            if self._alpha_mode == "adaptive" and alpha < self._alpha_min:
+                raise ValueError(
+                    f"param_groups[{g}]['lookahead_alpha'] (the fallback of adaptive mode) must "
+                    f"be in [alpha_min, 1] = [{self._alpha_min}, 1], got {alpha}"
+                )
             schedule.append((k, alpha))
         return schedule
 
@@ -500,6 +569,8 @@ class Lookahead(torch.optim.Optimizer):
             # gradients: not a training step, so no count and no sync.
             return self._inner.step() if closure is None else self._inner.step(closure)
         schedule = self._schedule()
+        if self._alpha_mode == "adaptive":
+            return self._adaptive_step(closure, schedule)
         due = [g for g, slots in enumerate(self._slots) if slots.count + 1 >= schedule[g][0]]
         for g in due:  # only on sync steps; raises before the inner step changes anything
             self._check_placement(g)
@@ -509,6 +580,105 @@ class Lookahead(torch.optim.Optimizer):
         if due:
             self._sync_groups(due, schedule)
         return loss
+
+    def _adaptive_step(
+        self, closure: Callable[[], Any] | None, schedule: list[tuple[int, float]]
+    ) -> Any:
+        """`step` with ``alpha_mode="adaptive"``.
+
+        A group whose count has reached its k is at its estimate call: its
+        ``p.grad`` is ∇L(θ_{t,k}); α comes from it and the sync follows, and the
+        inner optimizer does not see the group (its gradients are set to
+        ``None`` during the inner step, so torch.optim skips its parameters,
+        then restored). Every other group takes an inner step; one at count 0
+        first copies its gradients, ∇L(θ_{t,0}), into its start buffers.
+        """
+        estimating = [g for g, slots in enumerate(self._slots) if slots.count >= schedule[g][0]]
+        stepping = [g for g in range(len(self._slots)) if g not in estimating]
+        for g in estimating:
+            self._check_placement(g)
+        loss = None
+        if estimating and closure is not None:
+            with torch.enable_grad():
+                loss = closure()  # the gradients at θ_{t,k} the estimate reads
+        alphas = self._estimate_alphas(estimating, schedule) if estimating else {}
+        if stepping:
+            with torch.no_grad():
+                for g in stepping:
+                    slots = self._slots[g]
+                    if slots.count == 0 and slots.start_grads is not None:
+                        for p, buffer in zip(slots.params, slots.start_grads):
+                            if p.grad is None:
+                                buffer.zero_()
+                            else:
+                                buffer.copy_(p.grad)
+            hidden = [p for g in estimating for p in self._slots[g].params]
+            stashed = [p.grad for p in hidden]
+            inner_closure = closure
+            if closure is not None and hidden:
+
+                def inner_closure() -> Any:
+                    result = closure()
+                    for p in hidden:
+                        p.grad = None
+                    return result
+
+            try:
+                for p in hidden:
+                    p.grad = None
+                loss = self._inner.step() if inner_closure is None else self._inner.step(inner_closure)
+            finally:
+                for p, grad in zip(hidden, stashed):
+                    p.grad = grad
+            for g in stepping:
+                self._slots[g].count += 1
+        if estimating:
+            schedule = list(schedule)
+            for g, alpha in alphas.items():
+                schedule[g] = (schedule[g][0], alpha)
+            for g in self._sync_groups(estimating, schedule):
+                self._slots[g].last_alpha = alphas[g]
+        return loss
+
+    def _estimate_alphas(
+        self, groups: list[int], schedule: list[tuple[int, float]]
+    ) -> dict[int, float]:
+        """Adaptive α of each group in ``groups`` (`lookahead_core.secant_alpha`, eq. 0.3).
+
+        Per parameter with a gradient, with d = φ − θ: ``g₀·d`` and
+        ``(g₀ − g)·d`` summed in the parameter's dtype (16-bit types in
+        float32), as `lookahead_core.secant_alpha_terms`; then the per-parameter
+        sums of all groups come to the host at once (one sync) and are added
+        in Python floats, in parameter order. A parameter whose ``grad`` is
+        ``None`` now contributes nothing.
+        """
+        terms: list[torch.Tensor] = []
+        owners: list[int] = []
+        with torch.no_grad():
+            for g in groups:
+                slots = self._slots[g]
+                assert slots.start_grads is not None
+                for p, phi, g0 in zip(slots.params, slots.slow, slots.start_grads):
+                    if p.grad is None:
+                        continue
+                    theta, gk = p.detach(), p.grad.detach()
+                    dtype = torch.promote_types(phi.dtype, theta.dtype)
+                    if dtype.itemsize < 4:
+                        dtype = torch.float32
+                    phi_, theta_, g0_, gk_ = (t.to(dtype) for t in (phi, theta, g0, gk))
+                    d = phi_ - theta_
+                    terms.append(torch.stack([torch.sum(g0_ * d), torch.sum((g0_ - gk_) * d)]))
+                    owners.append(g)
+        sums = {g: [0.0, 0.0] for g in groups}
+        if terms:
+            values = torch.stack([t.to(torch.float64) for t in terms]).tolist()
+            for g, (numerator, denominator) in zip(owners, values):
+                sums[g][0] += numerator
+                sums[g][1] += denominator
+        return {
+            g: lc.secant_alpha(sums[g][0], sums[g][1], self._alpha_min, schedule[g][1])
+            for g in groups
+        }
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """The inner optimizer's ``zero_grad(set_to_none=...)``."""
@@ -529,10 +699,16 @@ class Lookahead(torch.optim.Optimizer):
         schedule = self._schedule()
         for g in range(len(self._slots)):
             self._check_placement(g)
-        self._sync_groups(list(range(len(self._slots))), schedule)
+        for g in self._sync_groups(list(range(len(self._slots))), schedule):
+            if self._alpha_mode == "adaptive":
+                self._slots[g].last_alpha = schedule[g][1]  # an explicit sync uses the fixed α
 
-    def _sync_groups(self, due: list[int], schedule: list[tuple[int, float]]) -> None:
-        """The sync of groups ``due`` (their placement already checked)."""
+    def _sync_groups(self, due: list[int], schedule: list[tuple[int, float]]) -> list[int]:
+        """The sync of groups ``due`` (their placement already checked).
+
+        Returns:
+            The groups synced (``due`` less those ``nonfinite="rollback"`` rolled back).
+        """
         if self._nonfinite == "rollback":
             due = [g for g in due if not self._rolled_back(g)]
         by_alpha: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -550,6 +726,7 @@ class Lookahead(torch.optim.Optimizer):
             self._restart_inner_state(due)
         for g in due:
             self._slots[g].count = 0
+        return due
 
     def _rolled_back(self, g: int) -> bool:
         """``nonfinite="rollback"``: if group g's fast weights are not finite, θ ← φ."""
@@ -714,6 +891,11 @@ class Lookahead(torch.optim.Optimizer):
           the cycle);
         - ``"lookahead"``: ``{"format", "k", "alpha", "pullback", "rollbacks"}``.
 
+        In adaptive mode also: ``state[i]["lookahead_start_grad"]`` (∇L(θ_{t,0})),
+        ``param_groups[g]["lookahead_last_alpha"]`` (a float or ``None``), and
+        ``"alpha_mode"``, ``"alpha_min"`` in the ``"lookahead"`` section; the
+        count may equal k (the estimate call is pending).
+
         As with ``torch.optim``, tensors are the live ones, not copies:
         serialize (``torch.save``) or clone before stepping again. Registered
         ``state_dict`` pre- and post-hooks run.
@@ -730,11 +912,15 @@ class Lookahead(torch.optim.Optimizer):
             slots = self._slots[g]
             packed = dict(packed)
             packed[_COUNT_KEY] = slots.count
+            if slots.start_grads is not None:
+                packed[_LAST_ALPHA_KEY] = slots.last_alpha
             for i, index in enumerate(packed["params"]):
                 entry = dict(state.get(index, {}))  # never add keys to the inner's live dicts
                 entry[_SLOW_KEY] = current[g][i]
                 if slots.momentum is not None:
                     entry[_MOMENTUM_KEY] = slots.momentum[i]
+                if slots.start_grads is not None:
+                    entry[_START_GRAD_KEY] = slots.start_grads[i]
                 state[index] = entry
             packed_groups.append(packed)
         state_dict: dict[str, Any] = {
@@ -750,13 +936,17 @@ class Lookahead(torch.optim.Optimizer):
 
     def _lookahead_section(self) -> dict[str, Any]:
         """The ``"lookahead"`` section of `state_dict` (a new dict of Python scalars)."""
-        return {
+        section: dict[str, Any] = {
             "format": _FORMAT,
             "k": self._k,
             "alpha": self._alpha,
             "pullback": self._pullback,
             "rollbacks": self._rollbacks,
         }
+        if self._alpha_mode == "adaptive":  # fixed-mode checkpoints keep their layout
+            section["alpha_mode"] = self._alpha_mode
+            section["alpha_min"] = self._alpha_min
+        return section
 
     @torch._disable_dynamo
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -820,12 +1010,15 @@ class Lookahead(torch.optim.Optimizer):
         lookahead = sd.get("lookahead")
         plain = lookahead is None
         k, alpha, rollbacks = self._k, self._alpha, 0
+        alpha_min = self._alpha_min
+        adaptive = self._alpha_mode == "adaptive"
         if not plain:
-            k, alpha, rollbacks = self._check_section(lookahead)
+            k, alpha, rollbacks, alpha_min = self._check_section(lookahead)
 
         index_of: dict[Any, tuple[int, int]] = {}
         inner_groups = []
         counts = []
+        last_alphas: list[float | None] = []
         for g, (saved, group) in enumerate(zip(saved_groups, groups)):
             where = f"state_dict['param_groups'][{g}]"
             if not isinstance(saved, Mapping):
@@ -849,7 +1042,21 @@ class Lookahead(torch.optim.Optimizer):
             else:
                 default_k, default_alpha = k, alpha
             group_k_, group_alpha_ = check_group_settings(where, saved, default_k, default_alpha)
-            inner_group = {key: value for key, value in saved.items() if key != _COUNT_KEY}
+            if adaptive and group_alpha_ < alpha_min:
+                raise ValueError(
+                    f"{where}['lookahead_alpha'] (the fallback of adaptive mode) must be in "
+                    f"[alpha_min, 1] = [{alpha_min}, 1], got {group_alpha_}"
+                )
+            last_alphas.append(
+                None if plain or not adaptive else _checked_last_alpha(where, saved, alpha_min)
+            )
+            if not adaptive and _LAST_ALPHA_KEY in saved:
+                raise ValueError(
+                    f"{where} has {_LAST_ALPHA_KEY!r}, but this optimizer has alpha_mode='fixed'"
+                )
+            inner_group = {
+                key: value for key, value in saved.items() if key not in (_COUNT_KEY, _LAST_ALPHA_KEY)
+            }
             inner_group["lookahead_k"], inner_group["lookahead_alpha"] = group_k_, group_alpha_
             if plain:
                 if _COUNT_KEY in saved:
@@ -861,7 +1068,7 @@ class Lookahead(torch.optim.Optimizer):
             else:
                 if _COUNT_KEY not in saved:
                     raise ValueError(f"{where} is missing {_COUNT_KEY!r}")
-                counts.append(as_count(f"{where}[{_COUNT_KEY!r}]", saved[_COUNT_KEY], group_k_))
+                counts.append(_checked_count(f"{where}[{_COUNT_KEY!r}]", saved[_COUNT_KEY], group_k_, adaptive))
             inner_groups.append(inner_group)
 
         unknown = [pid for pid in saved_state if pid not in index_of]
@@ -873,6 +1080,7 @@ class Lookahead(torch.optim.Optimizer):
         inner_state: dict[Any, dict[str, Any]] = {}
         slow: dict[tuple[int, int], torch.Tensor] = {}
         momentum: dict[tuple[int, int], torch.Tensor] = {}
+        start_grads: dict[tuple[int, int], torch.Tensor] = {}
         for pid, (g, i) in index_of.items():
             param = groups[g]["params"][i]
             where = f"state_dict['state'][{pid!r}]"
@@ -880,7 +1088,7 @@ class Lookahead(torch.optim.Optimizer):
             if not isinstance(entry, Mapping):
                 raise TypeError(f"{where} must be a dict, got {type(entry).__name__}")
             if plain:
-                found = [key for key in (_SLOW_KEY, _MOMENTUM_KEY) if key in entry]
+                found = [key for key in (_SLOW_KEY, _MOMENTUM_KEY, _START_GRAD_KEY) if key in entry]
                 if found:
                     raise ValueError(
                         f"{where} has {found} but the state_dict has no 'lookahead' section"
@@ -907,6 +1115,16 @@ class Lookahead(torch.optim.Optimizer):
                         f"{where} has {_MOMENTUM_KEY!r}, but this optimizer has "
                         f"pullback={self._pullback!r}"
                     )
+                if adaptive:
+                    if _START_GRAD_KEY not in entry:
+                        raise ValueError(f"{where} is missing {_START_GRAD_KEY!r}")
+                    start_grads[(g, i)] = _checked_tensor(
+                        f"{where}[{_START_GRAD_KEY!r}]", entry[_START_GRAD_KEY], param
+                    )
+                elif _START_GRAD_KEY in entry:
+                    raise ValueError(
+                        f"{where} has {_START_GRAD_KEY!r}, but this optimizer has alpha_mode='fixed'"
+                    )
             inner_entry = self._checked_inner_entry(where, entry, param)
             if inner_entry:
                 inner_state[pid] = inner_entry
@@ -916,20 +1134,31 @@ class Lookahead(torch.optim.Optimizer):
         # allocation failure also happens before anything changes. They differ from the
         # current ones only for parameters moved or cast after construction (Accelerate's
         # prepare() moves the model, then round-trips the state dict: φ follows).
-        slow_buffers, momentum_buffers = {}, {}
+        slow_buffers, momentum_buffers, start_buffers = {}, {}, {}
         for g, slots in enumerate(self._slots):
             for i, param in enumerate(slots.params):
                 slow_buffers[(g, i)] = _buffer_for(slots.slow[i], param, self._slow_dtype_of(param))
                 if slots.momentum is not None:
                     momentum_buffers[(g, i)] = _buffer_for(slots.momentum[i], param, param.dtype)
+                if slots.start_grads is not None:
+                    start_buffers[(g, i)] = _buffer_for(slots.start_grads[i], param, param.dtype)
         return _LoadPlan(inner_sd, plain, k, alpha, rollbacks, counts, slow, momentum,
-                         slow_buffers, momentum_buffers)
+                         slow_buffers, momentum_buffers, alpha_min, last_alphas, start_grads,
+                         start_buffers)
 
-    def _check_section(self, section: Any) -> tuple[int, float, int]:
+    def _check_section(self, section: Any) -> tuple[int, float, int, float]:
         where = "state_dict['lookahead']"
         if not isinstance(section, Mapping):
             raise TypeError(f"{where} must be a dict, got {type(section).__name__}")
+        saved_mode = section.get("alpha_mode", "fixed")
+        if saved_mode != self._alpha_mode:
+            raise ValueError(
+                f"{where}['alpha_mode'] is {saved_mode!r} (a missing key means 'fixed'), but this "
+                f"optimizer has alpha_mode={self._alpha_mode!r}"
+            )
         expected = {"format", "k", "alpha", "pullback", "rollbacks"}
+        if self._alpha_mode == "adaptive":
+            expected |= {"alpha_mode", "alpha_min"}
         if set(section) != expected:
             raise ValueError(
                 f"{where} must have the keys {sorted(expected)}, got {sorted(map(str, section))}"
@@ -938,6 +1167,18 @@ class Lookahead(torch.optim.Optimizer):
             raise ValueError(f"{where}['format'] must be {_FORMAT}, got {section['format']!r}")
         k = renamed(f"{where}['k']", lc.check_k, section["k"])
         alpha = renamed(f"{where}['alpha']", lc.check_alpha, section["alpha"])
+        alpha_min = self._alpha_min
+        if self._alpha_mode == "adaptive":
+            alpha_min = renamed(
+                f"{where}['alpha_min']",
+                lambda value: lc.check_alpha(value, name="alpha_min"),
+                section["alpha_min"],
+            )
+            if alpha < alpha_min:
+                raise ValueError(
+                    f"{where}['alpha'] (the fallback of adaptive mode) must be in [alpha_min, 1] "
+                    f"= [{alpha_min}, 1], got {alpha}"
+                )
         if section["pullback"] != self._pullback:
             raise ValueError(
                 f"{where}['pullback'] is {section['pullback']!r}, but this optimizer has "
@@ -946,7 +1187,7 @@ class Lookahead(torch.optim.Optimizer):
         rollbacks = section["rollbacks"]
         if isinstance(rollbacks, bool) or not isinstance(rollbacks, numbers.Integral) or rollbacks < 0:
             raise ValueError(f"{where}['rollbacks'] must be an int >= 0, got {rollbacks!r}")
-        return k, alpha, int(rollbacks)
+        return k, alpha, int(rollbacks), alpha_min
 
     def _checked_inner_entry(
         self, where: str, entry: Mapping[str, Any], param: torch.Tensor
@@ -960,7 +1201,7 @@ class Lookahead(torch.optim.Optimizer):
         live = self._inner.state.get(param, {}) if param in self._inner.state else {}
         out: dict[str, Any] = {}
         for key, value in entry.items():
-            if key in (_SLOW_KEY, _MOMENTUM_KEY):
+            if key in (_SLOW_KEY, _MOMENTUM_KEY, _START_GRAD_KEY):
                 continue
             if isinstance(value, torch.Tensor):
                 template = live.get(key)
@@ -999,8 +1240,17 @@ class Lookahead(torch.optim.Optimizer):
                         _copy_into(slots.momentum[i], loaded)
                     else:
                         _distributed.local(slots.momentum[i]).zero_()
+                if slots.start_grads is not None:
+                    slots.start_grads = [plan.start_buffers[(g, i)] for i in range(len(slots.params))]
+                    for i, buffer in enumerate(slots.start_grads):
+                        if plan.plain:
+                            buffer.zero_()
+                        else:
+                            buffer.copy_(plan.start_grads[(g, i)])
+                    slots.last_alpha = plan.last_alphas[g]
                 slots.count = plan.counts[g]
         self._k, self._alpha, self._rollbacks = plan.k, plan.alpha, plan.rollbacks
+        self._alpha_min = plan.alpha_min
         self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     # -- pickling and copying -------------------------------------------------------------
@@ -1021,6 +1271,8 @@ class Lookahead(torch.optim.Optimizer):
             "reset_inner_state": self._reset_inner_state,
             "slow_dtype": self._slow_dtype,
             "nonfinite": self._nonfinite,
+            "alpha_mode": self._alpha_mode,
+            "alpha_min": self._alpha_min,
             "slots": self._slots,
             "rollbacks": self._rollbacks,
         }
@@ -1035,6 +1287,8 @@ class Lookahead(torch.optim.Optimizer):
         self._reset_inner_state = state["reset_inner_state"]
         self._slow_dtype = state["slow_dtype"]
         self._nonfinite = state["nonfinite"]
+        self._alpha_mode = state.get("alpha_mode", "fixed")
+        self._alpha_min = state.get("alpha_min", 0.1)
         self._slots = state["slots"]
         self._rollbacks = state["rollbacks"]
         self._swapped = None
@@ -1065,6 +1319,8 @@ class Lookahead(torch.optim.Optimizer):
             owned.extend(slots.slow)
             if slots.momentum is not None:
                 owned.extend(slots.momentum)
+            if slots.start_grads is not None:
+                owned.extend(slots.start_grads)
         return owned
 
     def _workspace_tensors(self) -> list[torch.Tensor]:
@@ -1084,6 +1340,10 @@ class _LoadPlan:
     momentum: dict[tuple[int, int], torch.Tensor]
     slow_buffers: dict[tuple[int, int], torch.Tensor]
     momentum_buffers: dict[tuple[int, int], torch.Tensor]
+    alpha_min: float
+    last_alphas: list[float | None]
+    start_grads: dict[tuple[int, int], torch.Tensor]
+    start_buffers: dict[tuple[int, int], torch.Tensor]
 
 
 def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -1139,6 +1399,58 @@ def _check_group(where: str, group: Mapping[str, Any], k: int, alpha: float) -> 
                 f"{where}['params'][{i}] appears twice in the group; Lookahead would sync it twice"
             )
         seen.add(id(param))
+
+
+def _check_adaptive_param(where: str, param: torch.Tensor) -> None:
+    if _distributed.is_dtensor(param):
+        raise NotImplementedError(
+            f"{where} is a DTensor: alpha_mode='adaptive' does not support sharded parameters "
+            "yet (the estimate's two sums would need an all-reduce over the mesh); use "
+            "alpha_mode='fixed'"
+        )
+    if param.is_complex():
+        raise ValueError(f"{where} is complex: alpha_mode='adaptive' needs real parameters")
+
+
+def _check_adaptive_group(where: str, group: Mapping[str, Any], alpha: float, alpha_min: float) -> None:
+    """Adaptive mode: real, non-DTensor parameters and a fallback α in ``[alpha_min, 1]``."""
+    group_alpha_ = group_alpha(where, group, alpha)
+    if group_alpha_ < alpha_min:
+        raise ValueError(
+            f"{where}['lookahead_alpha'] (the fallback of adaptive mode) must be in "
+            f"[alpha_min, 1] = [{alpha_min}, 1], got {group_alpha_}"
+        )
+    for i, param in enumerate(group["params"]):
+        _check_adaptive_param(f"{where}['params'][{i}]", param)
+
+
+def _checked_count(where: str, value: Any, k: int, adaptive: bool) -> int:
+    """A checkpoint's position in the cycle: in ``[0, k)``, or ``[0, k]`` in adaptive mode."""
+    if not adaptive:
+        return as_count(where, value, k)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{where} must be an int in [0, {k}], got {value!r}")
+    if not 0 <= int(value) <= k:
+        raise ValueError(f"{where} must be an int in [0, {k}] (k = {k}, adaptive mode), got {value}")
+    return int(value)
+
+
+def _checked_last_alpha(where: str, saved: Mapping[str, Any], alpha_min: float) -> float | None:
+    if _LAST_ALPHA_KEY not in saved:
+        raise ValueError(f"{where} is missing {_LAST_ALPHA_KEY!r}")
+    value = saved[_LAST_ALPHA_KEY]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where}[{_LAST_ALPHA_KEY!r}] must be a float or None, got {value!r}")
+    if not alpha_min <= float(value) <= 1.0:
+        raise ValueError(
+            f"{where}[{_LAST_ALPHA_KEY!r}] must be None or in [alpha_min, 1] = [{alpha_min}, 1], "
+            f"got {value}"
+        )
+    return float(value)
 
 
 def _checked_tensor(where: str, value: Any, param: torch.Tensor) -> torch.Tensor:
