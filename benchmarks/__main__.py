@@ -1,0 +1,17 @@
+"""``python -m benchmarks``: the benchmark suite (``make bench``); see ``suite.py``."""
+
+import os
+
+# One thread everywhere, set before NumPy, torch and JAX load (they read these once).
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+    os.environ.get("XLA_FLAGS", ""),
+    "--xla_cpu_multi_thread_eigen=false",
+    "intra_op_parallelism_threads=1",
+]))
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler (allocation counts) is quiet
+
+from .suite import main  # noqa: E402
+
+raise SystemExit(main())

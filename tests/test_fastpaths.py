@@ -1,0 +1,328 @@
+"""Every fast path of the performance work equals its plain path.
+
+- PyTorch: the cache-blocked CPU sync (`lookahead_torch._kernels.lerp_and_copy_blocked`,
+  which `lerp_and_copy_` uses for same-dtype pairs on the CPU) against the unblocked
+  ``_foreach_lerp_`` + ``_foreach_copy_``, and the mixed-dtype path with CPU-sized
+  batches against a per-tensor upcast, bit for bit; the optimizer with parameters
+  larger than a block against Algorithm 1 written with plain tensor operations.
+- NumPy: the dense sync that holds ``θ − φ`` in place against the scratch-buffer
+  kernel and against `lookahead_core.sync_slow`, bit for bit.
+- The core: `lookahead_core.traceable.lookahead` against `lookahead_core.lookahead`,
+  bit for bit when run eagerly; under ``jax.jit`` within the documented tolerance
+  (XLA may fuse a multiply and an add into one FMA: a few units in the last place
+  per step), and exact where the algorithm is exact (non-sync steps leave φ
+  untouched; α = 0 and α = 1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from core_helpers import assert_bit_identical, to_numpy
+
+import lookahead_core as lc
+from lookahead_core import traceable
+
+ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def _special(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Normal values with signed zeros, infinities and NaN sprinkled in."""
+    values = rng.standard_normal(n)
+    if n >= 8:
+        values[[0, 3, 5, 7]] = [0.0, -0.0, np.inf, np.nan]
+    return values
+
+
+# --- PyTorch: the cache-blocked CPU sync -------------------------------------------------
+
+torch = pytest.importorskip("torch", reason="torch not installed")
+from lookahead_torch import Lookahead as TorchLookahead  # noqa: E402
+from lookahead_torch import _kernels  # noqa: E402
+
+_INT_OF = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _torch_bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    int_dtype = _INT_OF[a.element_size()]
+    return a.dtype == b.dtype and a.shape == b.shape and bool(
+        torch.equal(a.detach().view(int_dtype), b.detach().view(int_dtype)))
+
+
+def _torch_pairs(rng: np.random.Generator, dtype: torch.dtype) -> tuple[list, list]:
+    """(fast, slow) of assorted sizes and layouts, fast ≠ slow, special values included."""
+    def tensor(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.tensor(_special(rng, int(np.prod(shape))).reshape(shape)).to(dtype)
+
+    fast = [
+        tensor((1000,)),                       # many pieces with a small block
+        tensor((7,)),                          # small: shares a batch
+        tensor(()),                            # 0-d
+        tensor((33, 31)),                      # not a multiple of any vector width
+        tensor((4, 6, 5, 3)).to(memory_format=torch.channels_last),  # dense, permuted
+        tensor((40, 30)).t(),                  # dense, transposed
+        tensor((30, 40))[:, ::3],              # not dense: one piece of its own
+        tensor((0, 5)),                        # empty
+        tensor((513,)),
+    ]
+    slow = [f.clone(memory_format=torch.preserve_format) + 0.5 for f in fast]
+    # One pair laid out differently from its slow copy: no matching flat views.
+    fast.append(tensor((6, 7, 4, 5)).to(memory_format=torch.channels_last))
+    slow.append(fast[-1].contiguous() - 0.25)
+    return fast, slow
+
+
+def _unblocked(fast: list, slow: list, alpha: float) -> None:
+    fs = [f for f in fast if f.numel()]
+    ss = [s for s in slow if s.numel()]
+    torch._foreach_lerp_(ss, fs, alpha)
+    torch._foreach_copy_(fs, ss)
+
+
+@pytest.mark.parametrize("block", [1, 100, 128, 1000, 1 << 16])
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_torch_blocked_sync_equals_unblocked_bit_for_bit(block, alpha, dtype):
+    torch.set_num_threads(1)
+    # Built twice from one seed: the same values in the same layouts (a clone of a
+    # strided view would be contiguous, and torch's vector and scalar loops may differ
+    # in the sign of a zero).
+    fast, slow = _torch_pairs(np.random.default_rng(7), dtype)
+    ref_fast, ref_slow = _torch_pairs(np.random.default_rng(7), dtype)
+    _kernels.lerp_and_copy_blocked(fast, slow, alpha, block)
+    _unblocked(ref_fast, ref_slow, alpha)
+    for i, (a, b) in enumerate(zip(fast + slow, ref_fast + ref_slow)):
+        assert _torch_bits_equal(a, b), f"tensor {i} differs (block {block}, alpha {alpha})"
+    for f, s in zip(fast, slow):
+        if f.numel():
+            assert f.data_ptr() != s.data_ptr()
+
+
+def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
+    # Parameters of more than one CPU block: the default kernel cuts them into pieces.
+    torch.set_num_threads(1)
+    block = _kernels.CPU_BLOCK_BYTES // 4
+    fast = [torch.tensor(_special(rng, n), dtype=torch.float32) for n in (3 * block + 5, 10, block)]
+    slow = [f + 1.0 for f in fast]
+    ref_fast, ref_slow = [f.clone() for f in fast], [s.clone() for s in slow]
+    seen = []
+    real = _kernels.lerp_and_copy_blocked
+
+    def spy(*args):
+        seen.append(args[-1])
+        real(*args)
+
+    _kernels.lerp_and_copy_blocked = spy
+    try:
+        _kernels.lerp_and_copy_(fast, slow, 0.3)
+    finally:
+        _kernels.lerp_and_copy_blocked = real
+    assert seen == [block]
+    _unblocked(ref_fast, ref_slow, 0.3)
+    for a, b in zip(fast + slow, ref_fast + ref_slow):
+        assert _torch_bits_equal(a, b)
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.75])
+def test_torch_upcast_sync_in_cpu_batches_equals_per_tensor_upcast(rng, alpha):
+    # bfloat16 parameters with a float32 slow copy, more elements than one CPU batch.
+    torch.set_num_threads(1)
+    sizes = (_kernels.CPU_BLOCK_BYTES // 4 * 2 + 3, 17, 1000)
+    fast = [torch.tensor(rng.standard_normal(n), dtype=torch.bfloat16) for n in sizes]
+    fast.append(torch.tensor(rng.standard_normal((40, 30)), dtype=torch.bfloat16)[:, ::2])
+    slow = [f.to(torch.float32) + 0.1 for f in fast]
+    ref_fast, ref_slow = [f.clone() for f in fast], [s.clone() for s in slow]
+    scratch = _kernels.make_scratch(fast, slow)
+    _kernels.lerp_and_copy_(fast, slow, alpha, scratch)
+    for f, s in zip(ref_fast, ref_slow):
+        s.lerp_(f.to(torch.float32), alpha)
+        f.copy_(s)
+    for a, b in zip(fast + slow, ref_fast + ref_slow):
+        assert _torch_bits_equal(a, b)
+
+
+@pytest.mark.parametrize("inner", ["sgd-momentum", "adam"])
+def test_torch_optimizer_with_multi_block_parameters_equals_algorithm_1(rng, inner):
+    """The adapter on parameters larger than a CPU block against Algorithm 1 written out."""
+    torch.set_num_threads(1)
+    make = {"sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+            "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[inner]
+    init = [rng.standard_normal(n).astype(np.float32) for n in (200_003, 64, 70_000)]
+    noise = [[rng.standard_normal(a.shape).astype(np.float32) for a in init] for _ in range(7)]
+    params = [torch.nn.Parameter(torch.tensor(a)) for a in init]
+    ref = [torch.nn.Parameter(torch.tensor(a)) for a in init]
+    opt = TorchLookahead(make(params), k=3, alpha=0.6)
+    ref_inner = make(ref)
+    ref_slow = [p.detach().clone() for p in ref]
+    for step, grads in enumerate(noise, start=1):
+        for p, q, g in zip(params, ref, grads):
+            p.grad = torch.tensor(g) + 0.5 * p.detach()
+            q.grad = torch.tensor(g) + 0.5 * q.detach()
+        opt.step()
+        ref_inner.step()
+        if step % 3 == 0:
+            with torch.no_grad():
+                for q, s in zip(ref, ref_slow):
+                    s.lerp_(q, 0.6)
+                    q.copy_(s)
+    for a, b in zip(list(params) + list(opt.slow[0]), list(ref) + ref_slow):
+        assert _torch_bits_equal(a, b)
+
+
+# --- NumPy: the dense sync with the difference held in place ----------------------------
+
+from lookahead_numpy import Lookahead as NumpyLookahead  # noqa: E402
+from lookahead_numpy import _blocks  # noqa: E402
+
+
+def _numpy_params(rng: np.random.Generator, dtype: str) -> list[np.ndarray]:
+    return [
+        _special(rng, 1000).astype(dtype),
+        _special(rng, 33 * 31).astype(dtype).reshape(33, 31),
+        np.asfortranarray(_special(rng, 40 * 30).astype(dtype).reshape(40, 30)),
+        np.array(_special(rng, 1)[0], dtype=dtype),
+        _special(rng, 90).astype(dtype).reshape(30, 3)[::2],   # strided: the scratch path
+        _special(rng, 50).astype(dtype)[::-1],                 # reversed: the scratch path
+    ]
+
+
+@pytest.mark.parametrize("block_bytes", [8, 96, 4096, _blocks.DEFAULT_BLOCK_BYTES])
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_numpy_dense_sync_equals_scratch_kernel_and_core(rng, block_bytes, alpha, dtype):
+    params = _numpy_params(rng, dtype)
+    twin = [np.array(p, copy=True, order="K") for p in params]
+    opt = NumpyLookahead(params, lc.sgd(lr=0.1), k=5, alpha=alpha, block_bytes=block_bytes)
+    ref = NumpyLookahead(twin, lc.sgd(lr=0.1), k=5, alpha=alpha, block_bytes=block_bytes)
+    with np.errstate(all="ignore"):
+        for p, q in zip(params, twin):
+            p -= 0.5  # θ ≠ φ
+            q -= 0.5
+        expected_fast, expected_slow = lc.sync_slow(
+            [np.array(p, copy=True) for p in params], [np.array(s, copy=True) for s in opt.slow],
+            alpha)
+        dense = [pair.fast.flags.c_contiguous for pair in opt._pairs]
+        assert dense == [True, True, True, True, False, False]
+        opt.sync()
+        for pair in ref._pairs:
+            _blocks.lerp_and_reset_scratch(pair, alpha)
+    assert_bit_identical(params, twin)
+    assert_bit_identical(opt.slow, ref.slow)
+    assert_bit_identical(params, expected_fast)
+    assert_bit_identical(opt.slow, expected_slow)
+
+
+# --- the core: the traceable Lookahead -------------------------------------------------
+
+def _problem(xp, rng, steps: int, dtype: str = "float64"):
+    shapes = [(3, 4), (5,), ()]
+    params = [xp.asarray(np.asarray(rng.standard_normal(s), dtype=dtype)) for s in shapes]
+    grads = [[xp.asarray(np.asarray(rng.standard_normal(s), dtype=dtype)) for s in shapes]
+             for _ in range(steps)]
+    return params, grads
+
+
+@pytest.mark.parametrize("k, alpha", [(5, 0.3), (5, 0.7), (1, 0.5), (3, 0.0), (3, 1.0)])
+def test_traceable_eager_equals_core_bit_for_bit(xp, rng, k, alpha):
+    params, grads = _problem(xp, rng, steps=12)
+    inner = lc.sgd(lr=0.1, momentum=0.9)
+    plain, fast_path = lc.lookahead(inner, k=k, alpha=alpha), traceable.lookahead(inner, k, alpha)
+    p, state = list(params), plain.init(params)
+    q, tstate = list(params), fast_path.init(params)
+    assert int(tstate.count) == 0 and str(tstate.count.dtype).endswith("int32")
+    for step, g in enumerate(grads, start=1):
+        p, state = plain.step(p, g, state)
+        q, tstate = fast_path.step(q, g, tstate)
+        assert int(tstate.count) == state.count == step % k
+        assert_bit_identical(q, p)
+        assert_bit_identical(tstate.slow, state.slow)
+    p, state = plain.sync(p, state)
+    q, tstate = fast_path.sync(q, tstate)
+    assert_bit_identical(q, p)
+    assert_bit_identical(tstate.slow, state.slow)
+    assert int(tstate.count) == 0
+
+
+def test_traceable_runs_the_sync_branch_only_on_kth_steps(rng):
+    params, grads = _problem(np, rng, steps=7)
+    taken = []
+
+    def recording_cond(pred, true_fn, false_fn, *operands):
+        taken.append(bool(pred))
+        return traceable.python_cond(pred, true_fn, false_fn, *operands)
+
+    opt = traceable.lookahead(lc.sgd(lr=0.1), k=3, alpha=0.5, cond=recording_cond)
+    p, state = params, opt.init(params)
+    for g in grads:
+        previous = state.slow
+        slow_before = [np.array(s, copy=True) for s in previous]
+        p, state = opt.step(p, g, state)
+        if not taken[-1]:  # the keep branch hands φ on untouched: the same arrays
+            assert all(a is b for a, b in zip(state.slow, previous))
+            assert_bit_identical(state.slow, slow_before)
+        else:
+            assert not any(a is b for a, b in zip(state.slow, previous))
+    assert taken == [False, False, True, False, False, True, False]
+
+
+def test_traceable_rejects_bad_arguments(rng):
+    params, _ = _problem(np, rng, steps=0)
+    with pytest.raises(TypeError, match="inner"):
+        traceable.lookahead("sgd", k=2)
+    with pytest.raises(ValueError, match="k"):
+        traceable.lookahead(lc.sgd(), k=0)
+    with pytest.raises(ValueError, match="alpha"):
+        traceable.lookahead(lc.sgd(), alpha=1.5)
+    with pytest.raises(TypeError, match="cond"):
+        traceable.lookahead(lc.sgd(), cond=None)
+    opt = traceable.lookahead(lc.sgd(lr=0.1), k=2)
+    with pytest.raises(TypeError, match="TraceableLookaheadState"):
+        opt.step(params, params, lc.lookahead(lc.sgd(), k=2).init(params))
+
+
+jax = pytest.importorskip("jax", reason="jax not installed")
+jnp = pytest.importorskip("jax.numpy", reason="jax not installed")
+
+
+def _heavy_ball(lr: float, momentum: float) -> lc.InnerOptimizer:
+    """A traceable heavy-ball SGD (array state, no Python step count), for ``jax.jit``."""
+
+    def init(params):
+        return tuple(jnp.zeros_like(p) for p in params)
+
+    def update(grads, state, params):
+        buffers = tuple(momentum * b + g for b, g in zip(state, grads))
+        return tuple(-lr * b for b in buffers), buffers
+
+    return lc.InnerOptimizer(init, update, "heavy-ball", {"lr": lr, "momentum": momentum})
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.7, 1.0])
+def test_traceable_under_jit_matches_the_eager_core(rng, alpha):
+    """Compiled with ``jax.lax.cond``: within 4 ulps per step of the eager specification."""
+    k, steps = 4, 13
+    params, grads = _problem(jnp, rng, steps=steps)
+    inner = _heavy_ball(lr=0.1, momentum=0.9)
+    plain = lc.lookahead(inner, k=k, alpha=alpha)
+    compiled = traceable.lookahead(inner, k=k, alpha=alpha, cond=jax.lax.cond)
+    step = jax.jit(compiled.step)
+    p, state = list(params), plain.init(params)
+    q, tstate = tuple(params), compiled.init(params)
+    eps = float(np.finfo(np.float64).eps)
+    for n, g in enumerate(grads, start=1):
+        slow_before = [to_numpy(s) for s in tstate.slow]
+        p, state = plain.step(p, g, state)
+        q, tstate = step(q, tuple(g), tstate)
+        assert int(tstate.count) == n % k
+        if n % k:  # a non-sync step leaves φ exactly as it was
+            assert_bit_identical(tstate.slow, slow_before)
+        for a, b in zip(list(q) + list(tstate.slow), list(p) + list(state.slow)):
+            a, b = to_numpy(a), to_numpy(b)
+            np.testing.assert_allclose(a, b, rtol=4 * eps * n, atol=4 * eps * n * np.max(np.abs(b)))
+        if alpha in (0.0, 1.0) and n % k == 0:
+            # Exact ends of the two-sided lerp: φ ← φ (α = 0) or φ ← θ (α = 1), and θ ← φ.
+            assert_bit_identical(q, tstate.slow)
+    sync = jax.jit(compiled.sync)
+    q, tstate = sync(q, tstate)
+    assert int(tstate.count) == 0
+    assert_bit_identical(q, tstate.slow)
