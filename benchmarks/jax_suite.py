@@ -151,6 +151,8 @@ def _sync_group(pset: ParamSet, host: list[np.ndarray], rounds: dict[str, Any],
     row.sync_ms = Stats.of(times[OURS]).scaled(1e3)
     row.efficiency = Stats.ratio(times["np.copyto"], times[OURS])
     result.copy_ms["JAX"] = Stats.of(times["np.copyto"]).scaled(1e3)
+    result.copy_gbs["np.copyto (JAX group)"] = Stats.of(
+        [4 * pset.nbytes / t / 1e9 for t in times["np.copyto"]])
     row.sync_alloc = jax_call_bytes(compiled)
 
 
