@@ -169,6 +169,176 @@ def test_torch_optimizer_with_multi_block_parameters_equals_algorithm_1(rng, inn
         assert _torch_bits_equal(a, b)
 
 
+# --- PyTorch: the inner step without torch's second step wrapper -------------------------
+
+from lookahead_torch import _inner_step  # noqa: E402
+
+
+def _step_ranges(monkeypatch) -> list[str]:
+    """Names of the ``record_function`` ranges torch's step wrappers open from now on."""
+    names: list[str] = []
+    real = torch.autograd.profiler.record_function
+
+    def spy(name, *args, **kwargs):
+        names.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd.profiler, "record_function", spy)
+    return names
+
+
+def _quadratic_run(make_inner, observe, steps: int = 11) -> list[torch.Tensor]:
+    """θ, φ after ``steps`` Lookahead steps on a fixed quadratic; ``observe(inner)`` may add a hook."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(n, generator=g)) for n in (5, 300, 1)]
+    inner = make_inner(params)
+    observe(inner)
+    opt = TorchLookahead(inner, k=3, alpha=0.4)
+    for _ in range(steps):
+        def closure():
+            opt.zero_grad()
+            loss = sum(((p - 0.25) ** 2 * (i + 1)).sum() for i, p in enumerate(params))
+            loss.backward()
+            return loss
+        opt.step(closure)
+    return [p.detach().clone() for p in params] + [s.clone() for s in opt.slow[0]]
+
+
+@pytest.mark.parametrize("inner", ["sgd-momentum", "adam", "lbfgs"])
+def test_torch_inner_step_without_wrapper_gives_the_same_bits(inner):
+    make = {"sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+            "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
+            "lbfgs": lambda ps: torch.optim.LBFGS(ps, lr=0.5, max_iter=3)}[inner]
+    bypassed = _quadratic_run(make, lambda opt: None)
+    # A hook on the inner optimizer makes the wrapper observable: the plain call.
+    wrapped = _quadratic_run(make, lambda opt: opt.register_step_pre_hook(lambda *a: None))
+    for a, b in zip(bypassed, wrapped):
+        assert _torch_bits_equal(a, b)
+
+
+def test_torch_inner_wrapper_skipped_only_when_nothing_observes_it(monkeypatch):
+    w = torch.nn.Parameter(torch.zeros(3))
+    inner = torch.optim.SGD([w], lr=0.1)
+    opt = TorchLookahead(inner, k=2)
+    names = _step_ranges(monkeypatch)
+    w.grad = torch.ones(3)
+    opt.step()
+    assert names == ["Optimizer.step#Lookahead.step"]
+    assert _inner_step.unobserved_step_body(inner) is not None
+
+    calls = []
+    handle = inner.register_step_post_hook(lambda o, a, k: calls.append(o))
+    names.clear()
+    opt.step()
+    assert names == ["Optimizer.step#Lookahead.step", "Optimizer.step#SGD.step"]
+    assert calls == [inner]
+    handle.remove()
+
+    # A scheduler on the inner optimizer patches inner.step to notice the call.
+    scheduler = torch.optim.lr_scheduler.StepLR(inner, step_size=1)
+    assert _inner_step.unobserved_step_body(inner) is None
+    names.clear()
+    opt.step()
+    assert "Optimizer.step#SGD.step" in names
+    assert inner._opt_called
+    scheduler.step()
+
+
+def test_torch_inner_wrapper_kept_for_profiler_and_global_hooks():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    inner = torch.optim.Adam([w], lr=0.1)
+    opt = TorchLookahead(inner, k=2)
+    w.grad = torch.ones(3)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        assert _inner_step.unobserved_step_body(inner) is None
+        opt.step()
+    names = {event.name for event in prof.events()}
+    assert {"Optimizer.step#Lookahead.step", "Optimizer.step#Adam.step"} <= names
+    seen = []
+    handle = register_optimizer_step_pre_hook(lambda o, a, k: seen.append(type(o).__name__))
+    try:
+        assert _inner_step.unobserved_step_body(inner) is None
+        opt.step()
+    finally:
+        handle.remove()
+    assert seen == ["Lookahead", "Adam"]
+
+
+def test_torch_inner_wrapper_kept_for_a_decorated_or_customised_step():
+    import functools
+
+    calls = []
+
+    class Decorated(torch.optim.SGD):
+        pass
+
+    def counting(step):
+        @functools.wraps(step)  # copies torch's `hooked` flag and sets __wrapped__
+        def wrapper(*args, **kwargs):
+            calls.append("decorated")
+            return step(*args, **kwargs)
+        return wrapper
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    inner = Decorated([w], lr=0.1)
+    Decorated.step = counting(Decorated.step)
+    opt = TorchLookahead(inner, k=2)
+    w.grad = torch.ones(3)
+    assert _inner_step.unobserved_step_body(inner) is None
+    opt.step()
+    assert calls == ["decorated"]
+    assert torch.equal(w.detach(), torch.full((3,), -0.1))
+
+    class Traced(torch.optim.SGD):
+        def _optimizer_step_code(self):
+            calls.append("traced")
+
+    inner = Traced([w], lr=0.1)
+    opt = TorchLookahead(inner, k=5)
+    assert _inner_step.unobserved_step_body(inner) is None
+    opt.step()
+    assert calls == ["decorated", "traced"]
+
+
+# --- PyTorch: the placement check before a sync ------------------------------------------
+
+@pytest.mark.parametrize("change", [
+    "dtype", "shape",
+    pytest.param("device", marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device: a CPU parameter cannot be moved")),
+])
+def test_torch_placement_check_still_refuses_a_changed_parameter(change):
+    params = [torch.nn.Parameter(torch.zeros(4, 3)) for _ in range(3)]
+    opt = TorchLookahead(torch.optim.SGD(params, lr=0.1), k=1)
+    before = [s.clone() for s in opt.slow[0]]
+    with torch.no_grad():
+        if change == "dtype":
+            params[2].data = params[2].data.double()
+        elif change == "shape":
+            params[2].data = params[2].data.reshape(3, 4)
+        else:
+            params[2].data = params[2].data.to("cuda")
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match=r"param_groups\[0\]\['params'\]\[2\]"):
+        opt.step()
+    assert opt.counts == (0,)
+    for a, b in zip(opt.slow[0], before):
+        assert torch.equal(a, b)
+
+
+def test_torch_placement_check_accepts_a_parameter_cast_to_its_wider_slow_dtype():
+    p = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
+    opt = TorchLookahead(torch.optim.SGD([p], lr=0.5), k=1, slow_dtype=torch.float32)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt.slow[0][0].dtype == torch.float32
+    assert torch.equal(p.detach().float(), torch.full((8,), -0.25))
+
+
 # --- NumPy: the dense sync with the difference held in place ----------------------------
 
 from lookahead_numpy import Lookahead as NumpyLookahead  # noqa: E402

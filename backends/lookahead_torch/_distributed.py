@@ -33,6 +33,7 @@ __all__ = [
     "as_param_layout",
     "called_for_state_initialization",
     "check_inner",
+    "dtensor_type",
     "inner_state_dicts",
     "is_dtensor",
     "layout_mismatch",
@@ -42,7 +43,8 @@ __all__ = [
 ]
 
 
-def _dtensor_type() -> type | None:
+def dtensor_type() -> type | None:
+    """``DTensor`` if ``torch.distributed.tensor`` is loaded, else ``None`` (no parameter can be one)."""
     module = sys.modules.get("torch.distributed.tensor")
     return getattr(module, "DTensor", None)
 
@@ -54,7 +56,7 @@ def _zero_type() -> type | None:
 
 def is_dtensor(t: Any) -> bool:
     """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (an FSDP2 parameter, for one)."""
-    dtensor = _dtensor_type()
+    dtensor = dtensor_type()
     return dtensor is not None and isinstance(t, dtensor)
 
 
@@ -71,7 +73,7 @@ def local(t: torch.Tensor) -> torch.Tensor:
 
 def locals_(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """`local` of each tensor (the DTensor type looked up once: this runs at every sync)."""
-    dtensor = _dtensor_type()
+    dtensor = dtensor_type()
     if dtensor is None:
         return list(tensors)
     return [t._local_tensor if isinstance(t, dtensor) else t for t in tensors]

@@ -25,6 +25,7 @@ from ._checks import (
     group_k,
     renamed,
 )
+from ._inner_step import inner_step
 from ._momentum import momentum_key
 
 __all__ = ["Lookahead"]
@@ -574,7 +575,7 @@ class Lookahead(torch.optim.Optimizer):
         due = [g for g, slots in enumerate(self._slots) if slots.count + 1 >= schedule[g][0]]
         for g in due:  # only on sync steps; raises before the inner step changes anything
             self._check_placement(g)
-        loss = self._inner.step() if closure is None else self._inner.step(closure)
+        loss = inner_step(self._inner, closure)
         for slots in self._slots:
             slots.count += 1
         if due:
@@ -626,7 +627,7 @@ class Lookahead(torch.optim.Optimizer):
             try:
                 for p in hidden:
                     p.grad = None
-                loss = self._inner.step() if inner_closure is None else self._inner.step(inner_closure)
+                loss = inner_step(self._inner, inner_closure)
             finally:
                 for p, grad in zip(hidden, stashed):
                     p.grad = grad
@@ -854,18 +855,36 @@ class Lookahead(torch.optim.Optimizer):
         return out
 
     def _check_placement(self, g: int) -> None:
-        """Refuse a parameter moved or cast after its slow copy was taken (before any change)."""
+        """Refuse a parameter moved or cast after its slow copy was taken (before any change).
+
+        Runs before every sync, over every parameter, so the usual case (a
+        plain tensor of the slow copy's dtype, shape and device) is tested
+        first with the fewest attribute reads: 200 parameters cost ~0.2 ms
+        instead of ~0.65 ms (see the Performance page).
+        """
         slots = self._slots[g]
+        dtensor = _distributed.dtensor_type()
         for i, (p, s) in enumerate(zip(slots.params, slots.slow)):
-            if p.device != s.device or p.shape != s.shape or s.dtype != self._slow_dtype_of(p):
-                raise RuntimeError(
-                    f"param_groups[{g}]['params'][{i}] is now {p.dtype} {tuple(p.shape)} on "
-                    f"{p.device}, its slow copy {s.dtype} {tuple(s.shape)} on {s.device}: move "
-                    "or cast the model before building the optimizer"
-                )
-            mismatch = _distributed.layout_mismatch(p, s)
-            if mismatch is not None:
-                raise RuntimeError(f"param_groups[{g}]['params'][{i}]: {mismatch}")
+            if (
+                p.dtype is s.dtype
+                and p.shape == s.shape
+                and p.device == s.device
+                and (dtensor is None or not (isinstance(p, dtensor) or isinstance(s, dtensor)))
+            ):
+                continue
+            self._check_pair_placement(g, i, p, s)
+
+    def _check_pair_placement(self, g: int, i: int, p: torch.Tensor, s: torch.Tensor) -> None:
+        """`_check_placement` of one pair: a wider slow copy, a DTensor, or an error."""
+        if p.device != s.device or p.shape != s.shape or s.dtype != self._slow_dtype_of(p):
+            raise RuntimeError(
+                f"param_groups[{g}]['params'][{i}] is now {p.dtype} {tuple(p.shape)} on "
+                f"{p.device}, its slow copy {s.dtype} {tuple(s.shape)} on {s.device}: move "
+                "or cast the model before building the optimizer"
+            )
+        mismatch = _distributed.layout_mismatch(p, s)
+        if mismatch is not None:
+            raise RuntimeError(f"param_groups[{g}]['params'][{i}]: {mismatch}")
 
     def _refuse_while_swapped(self, what: str) -> None:
         if self._swapped is not None:
