@@ -38,41 +38,14 @@ REPEATS = 50
 WARMUP = 5
 
 
-def resnet18_shapes() -> list[tuple[int, ...]]:
-    """The 62 parameter tensors of torchvision's ResNet-18 (11,689,512 values)."""
-    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
-    in_ch = 64
-    for out_ch, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        for block in range(2):
-            first_in = in_ch if block == 0 else out_ch
-            shapes += [(out_ch, first_in, 3, 3), (out_ch,), (out_ch,),
-                       (out_ch, out_ch, 3, 3), (out_ch,), (out_ch,)]
-            if block == 0 and (stride != 1 or in_ch != out_ch):
-                shapes += [(out_ch, in_ch, 1, 1), (out_ch,), (out_ch,)]
-        in_ch = out_ch
-    return shapes + [(1000, 512), (1000,)]
-
-
-def transformer_shapes() -> list[tuple[int, ...]]:
-    """200 tensors, ~3.5M values: 16 pre-norm blocks of width 128, embeddings and a head."""
-    d, layers = 128, 16
-    shapes: list[tuple[int, ...]] = [(2000, d), (256, d)]
-    for _ in range(layers):
-        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,),
-                   (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
-    shapes += [(d,), (d,), (1000, d), (1000,), (d,), (d,)]
-    return shapes
-
-
-def large_shapes() -> list[tuple[int, ...]]:
-    """100 tensors of 1M float32 values (400 MB): far larger than the H200's 60 MB L2."""
-    return [(1_000_000,)] * 100
-
+# The suite's parameter sets (shapes only: sets.py needs NumPy alone), also when this
+# file runs as a script on a machine that has nothing but the working tree.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.sets import SETS as _PARAM_SETS  # noqa: E402
 
 SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
-    "resnet18": resnet18_shapes,
-    "transformer": transformer_shapes,
-    "large": large_shapes,
+    name: (lambda param_set=param_set: list(param_set.shapes))
+    for name, param_set in _PARAM_SETS.items()
 }
 
 
