@@ -158,7 +158,7 @@ def targets(results: Sequence[SetResult], overhead: dict[str, Stats] | None) -> 
     rows: list[list[str]] = []
     names = [r.pset.name for r in results]
 
-    def add(target: str, stats: Stats | None, ok: bool | None, digits: int = 2) -> None:
+    def add(target: str, stats: Stats | None, ok: bool | None, digits: int = 3) -> None:
         rows.append([target, "not measured" if stats is None else stats.fmt(digits),
                      "n/a" if ok is None else ("yes" if ok else "**no**")])
 

@@ -92,8 +92,8 @@ def machine() -> str:
                          ("pytorch_optimizer", "pytorch_optimizer")):
         versions.append(f"{name} {_version(module)}")
     return "\n".join([
-        f"- CPU: {model}; {os.cpu_count()} logical CPUs, this process may run on "
-        f"{len(os.sched_getaffinity(0))}; caches (per core for L1/L2): {', '.join(caches)}",
+        f"- CPU: {model}; {os.cpu_count()} logical CPUs, this process pinned to "
+        f"{sorted(os.sched_getaffinity(0))}; caches (per core for L1/L2): {', '.join(caches)}",
         f"- memory: {mem}; {platform.system()} {platform.release()}",
         f"- {'; '.join(versions)}",
     ])
