@@ -295,6 +295,74 @@ def test_round_trip_through_npz_is_bit_exact(cp, rng, tmp_path, inner_name, n):
         assert same_bits(host(a), host(b))
 
 
+# --- adaptive α (Proposition 1, eq. 0.3) ---------------------------------------------------
+
+
+def quadratic_grads(cp: Any, rng: np.random.Generator, params: list[Any], curvature: list[Any],
+                    noise: float) -> list[Any]:
+    """∇ of Σ ½ c (x − 1)² per parameter, plus Gaussian noise: a secant α* inside (0, 1)."""
+    return [c * (p - 1.0) + noise * cp.asarray(rng.standard_normal(p.shape).astype(p.dtype.name))
+            for p, c in zip(params, curvature)]
+
+
+@pytest.mark.parametrize("inner_name", ["sgd", "momentum", "adam"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_adaptive_trajectory_equals_core_on_cupy_bit_for_bit(cp, rng, kernel, inner_name):
+    params = device_params(cp, rng, "float64")
+    curvature = [cp.asarray(rng.uniform(0.5, 4.0, p.shape)) for p in params]
+    core_params = [cp.array(p, copy=True) for p in params]
+    opt = Lookahead(params, INNERS[inner_name](), k=3, alpha=0.5, alpha_mode="adaptive",
+                    kernel=kernel)
+    spec = lc.lookahead(INNERS[inner_name](), k=3, alpha=0.5, alpha_mode="adaptive")
+    state = spec.init(core_params)
+    alphas = []
+    for step in range(1, 11):  # two cycles of k + 1 calls, and two steps into the third
+        grads = quadratic_grads(cp, rng, params, curvature, noise=0.1)
+        opt.step(grads)
+        core_params, state = spec.step(core_params, grads, state)
+        for i, (ours, theirs) in enumerate(zip(params, core_params)):
+            assert same_bits(host(ours), host(theirs)), f"fast[{i}] after step {step}"
+        for i, (ours, theirs) in enumerate(zip(opt.slow, state.slow)):
+            assert same_bits(host(ours), host(theirs)), f"slow[{i}] after step {step}"
+        assert opt.count == state.count
+        assert opt.last_alpha == state.last_alpha
+        if step % 4 == 0:
+            alphas.append(opt.last_alpha)
+    assert len(alphas) == 2 and all(0.1 <= a <= 1.0 for a in alphas)
+
+
+@pytest.mark.parametrize("pending", [False, True])
+def test_adaptive_round_trip_through_npz_is_bit_exact(cp, rng, tmp_path, pending):
+    host_params = [rng.standard_normal(s) for s in [(4, 3), (7,)]]
+    curvature = [cp.asarray(rng.uniform(0.5, 4.0, p.shape)) for p in host_params]
+    n = 2 * 4 + (3 if pending else 1)  # pending: count == k, the estimate-and-sync call is due
+
+    def make(values):
+        params = [cp.asarray(v) for v in values]
+        return params, Lookahead(params, lc.adam(lr=0.05), k=3, alpha=0.5, alpha_mode="adaptive")
+
+    grad_rng = np.random.default_rng(7)
+    straight_params, straight = make(host_params)
+    for _ in range(2 * n):
+        straight.step(quadratic_grads(cp, grad_rng, straight_params, curvature, noise=0.1))
+    grad_rng = np.random.default_rng(7)
+    first_params, first = make(host_params)
+    for _ in range(n):
+        first.step(quadratic_grads(cp, grad_rng, first_params, curvature, noise=0.1))
+    assert (first.count == 3) is pending
+    np.savez(tmp_path / "ckpt.npz", **first.state_dict(include_params=True))
+    resumed_params, resumed = make([np.zeros_like(p) for p in host_params])
+    with np.load(tmp_path / "ckpt.npz") as archive:
+        resumed.load_state_dict(archive)
+    assert resumed.count == first.count and resumed.last_alpha == first.last_alpha
+    for _ in range(n):
+        resumed.step(quadratic_grads(cp, grad_rng, resumed_params, curvature, noise=0.1))
+    for a, b in zip(resumed_params, straight_params):
+        assert same_bits(host(a), host(b))
+    for a, b in zip(resumed.slow, straight.slow):
+        assert same_bits(host(a), host(b))
+
+
 def test_state_dict_is_numpy_and_load_accepts_cupy_arrays(cp, rng):
     params = [cp.asarray(rng.standard_normal((3, 2))), cp.asarray(rng.standard_normal(4))]
     opt = Lookahead(params, lc.adam(lr=0.01), k=3, alpha=0.5)

@@ -174,6 +174,10 @@ def test_torch_tensors_are_rejected_with_the_library_named(with_cupy):
         (dict(alpha=float("nan")), ValueError, "alpha must be finite"),
         (dict(kernel="fused"), ValueError, "kernel must be one of"),
         (dict(kernel=1), TypeError, "kernel must be one of"),
+        (dict(alpha_mode="auto"), ValueError, "alpha_mode must be one of"),
+        (dict(alpha_mode=1), TypeError, "alpha_mode must be one of"),
+        (dict(alpha_mode="adaptive", alpha_min=0.6), ValueError, r"\[alpha_min, 1\]"),
+        (dict(alpha_min=-0.1), ValueError, "alpha_min must be in"),
     ],
 )
 def test_bad_hyperparameters_are_rejected_first(with_cupy, kwargs, error, message):

@@ -125,7 +125,17 @@ class Lookahead(InPlaceLookahead):
         inner: the inner optimizer A, e.g. ``lookahead_core.sgd(lr=0.1,
             momentum=0.9)``; it runs on CuPy through array-api-compat.
         k: synchronization period, an ``int`` >= 1 (bool rejected).
-        alpha: slow weights step size, a finite real in [0, 1].
+        alpha: slow weights step size, a finite real in [0, 1]. In adaptive
+            mode, the fallback α.
+        alpha_mode: ``"fixed"`` (default, the paper) or ``"adaptive"``: each
+            sync uses Proposition 1's α* (eq. 0.3) estimated from the gradients
+            at θ_{t,0} and θ_{t,k}, clipped to ``[alpha_min, 1]``, exactly as
+            `lookahead_core.lookahead` and `lookahead_numpy.Lookahead` do (a
+            cycle takes k + 1 `step` calls; see the NumPy adapter). The two
+            inner products are summed per parameter on the device and read
+            back once each, two device-to-host copies per parameter per cycle.
+            Costs one parameter-sized buffer (∇L(θ_{t,0})).
+        alpha_min: lower end of the adaptive range, in [0, 1] (default 0.1).
         kernel: how the dense parameters are synced: ``"auto"`` (the
             default, currently ``"multi_tensor"``), ``"multi_tensor"`` (one
             ``RawKernel`` launch per dtype over a table of pointers) or
@@ -159,6 +169,8 @@ class Lookahead(InPlaceLookahead):
         k: int = 5,
         alpha: float = 0.5,
         *,
+        alpha_mode: str = "fixed",
+        alpha_min: float = 0.1,
         kernel: str = "auto",
     ) -> None:
         cupy = require_cupy()
@@ -174,7 +186,9 @@ class Lookahead(InPlaceLookahead):
             else contextlib.nullcontext()
         )
         with self._device:
-            super().__init__(params, inner, k, alpha, kernel=kernel)
+            super().__init__(
+                params, inner, k, alpha, alpha_mode=alpha_mode, alpha_min=alpha_min, kernel=kernel
+            )
 
     # -- attributes of this adapter ----------------------------------------------------
 
