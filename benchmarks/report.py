@@ -260,7 +260,7 @@ def plot(results: Sequence[SetResult], path: Path, title: str) -> None:
         xs = [j + (i - (len(backends) - 1) / 2) * width for j in range(len(sets))]
         ax1.bar(xs, values, width, label=backend, yerr=[lows, highs], capsize=2)
     ax1.axhline(1.0, color="black", linewidth=0.8)
-    ax1.set_xticks(range(len(sets)), [s.label for s in sets], fontsize=8)
+    ax1.set_xticks(range(len(sets)), [s.label.replace(" (", "\n(") for s in sets], fontsize=8)
     ax1.set_ylabel("sync efficiency: (4 × P / sync time) ÷ copy bandwidth")
     ax1.set_title("Sync efficiency (median, interquartile range)")
     ax1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)

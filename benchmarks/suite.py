@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pickle.dump({"results": results, "overhead": overhead}, file)
     if args.png:
         report.plot(results, args.png,
-                    f"{cpu_model()}, 1 thread, {time.strftime('%Y-%m-%d %H:%M')}; load average "
+                    f"{cpu_model()}, 1 thread on 1 pinned CPU, {time.strftime('%Y-%m-%d %H:%M')}; load average "
                     f"{load_start[0]:.1f} → {load_end[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
