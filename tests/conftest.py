@@ -35,6 +35,18 @@ except ImportError:  # pragma: no cover - torch is optional
     torch = None
 
 
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """Every test starts with one torch thread, whatever a previous test set; restored after."""
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # name used in test ids -> module to import (the library itself, whose
 # array-api-compat namespace is what the fixture yields)
 XP_LIBRARIES = {

@@ -90,3 +90,27 @@ def eq_0_1_float64(phi0: Any, fast_before_syncs: Sequence[Any], alpha: float) ->
     weights = a * np.power(np.float64(1.0) - a, np.arange(t - 1, -1, -1, dtype=np.float64))
     weighted = np.tensordot(weights, thetas, axes=(0, 0))
     return weighted + np.power(np.float64(1.0) - a, t) * phi0
+
+
+def spd_quadratic(seed: int, n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` and ``b`` of L(x) = ½ xᵀAx − bᵀx, A symmetric positive definite (float64)."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((n, n))
+    return q @ q.T + n * np.eye(n), rng.standard_normal(n)
+
+
+def run_core_adaptive(inner: Any, gradient: Any, start: Sequence[Any], steps: int,
+                      k: int) -> tuple[Any, Any]:
+    """``steps`` steps of `lookahead_core.lookahead` (α = 0.5, adaptive) from ``start``.
+
+    ``gradient(params)`` gives the gradients at ``params``. Returns the final
+    parameters and state.
+    """
+    import lookahead_core as lc
+
+    opt = lc.lookahead(inner, k=k, alpha=0.5, alpha_mode="adaptive")
+    params = tuple(start)
+    state = opt.init(params)
+    for _ in range(steps):
+        params, state = opt.step(params, gradient(params), state)
+    return params, state

@@ -44,11 +44,6 @@ from lookahead_torch import Lookahead  # noqa: E402
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 # ------------------------------------------------------------------------------ data
 
 

@@ -83,7 +83,6 @@ def _unblocked(fast: list, slow: list, alpha: float) -> None:
 @pytest.mark.parametrize("alpha", ALPHAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_torch_blocked_sync_equals_unblocked_bit_for_bit(block, alpha, dtype):
-    torch.set_num_threads(1)
     # Built twice from one seed: the same values in the same layouts (a clone of a
     # strided view would be contiguous, and torch's vector and scalar loops may differ
     # in the sign of a zero).
@@ -100,7 +99,6 @@ def test_torch_blocked_sync_equals_unblocked_bit_for_bit(block, alpha, dtype):
 
 def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
     # Parameters of more than one CPU block: the default kernel cuts them into pieces.
-    torch.set_num_threads(1)
     block = _kernels.CPU_BLOCK_BYTES // 4
     fast = [torch.tensor(_special(rng, n), dtype=torch.float32) for n in (3 * block + 5, 10, block)]
     slow = [f + 1.0 for f in fast]
@@ -126,7 +124,6 @@ def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
 @pytest.mark.parametrize("alpha", [0.25, 0.75])
 def test_torch_upcast_sync_in_cpu_batches_equals_per_tensor_upcast(rng, alpha):
     # bfloat16 parameters with a float32 slow copy, more elements than one CPU batch.
-    torch.set_num_threads(1)
     sizes = (_kernels.CPU_BLOCK_BYTES // 4 * 2 + 3, 17, 1000)
     fast = [torch.tensor(rng.standard_normal(n), dtype=torch.bfloat16) for n in sizes]
     fast.append(torch.tensor(rng.standard_normal((40, 30)), dtype=torch.bfloat16)[:, ::2])
@@ -144,7 +141,6 @@ def test_torch_upcast_sync_in_cpu_batches_equals_per_tensor_upcast(rng, alpha):
 @pytest.mark.parametrize("inner", ["sgd-momentum", "adam"])
 def test_torch_optimizer_with_multi_block_parameters_equals_algorithm_1(rng, inner):
     """The adapter on parameters larger than a CPU block against Algorithm 1 written out."""
-    torch.set_num_threads(1)
     make = {"sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
             "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[inner]
     init = [rng.standard_normal(n).astype(np.float32) for n in (200_003, 64, 70_000)]
@@ -189,7 +185,6 @@ def _step_ranges(monkeypatch) -> list[str]:
 
 def _quadratic_run(make_inner, observe, steps: int = 11) -> list[torch.Tensor]:
     """θ, φ after ``steps`` Lookahead steps on a fixed quadratic; ``observe(inner)`` may add a hook."""
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(3)
     params = [torch.nn.Parameter(torch.randn(n, generator=g)) for n in (5, 300, 1)]
     inner = make_inner(params)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import lookahead_core as lc
+from core_helpers import run_core_adaptive, spd_quadratic
 from lookahead_numpy import Lookahead
 
 INNERS = {
@@ -13,15 +14,6 @@ INNERS = {
     "momentum": lambda: lc.sgd(lr=0.05, momentum=0.9),
     "adam": lambda: lc.adam(lr=0.05),
 }
-
-
-def _quadratic(seed: int, n: int = 6):
-    """L(x) = ½ xᵀAx − bᵀx with A symmetric positive definite, split into two parameters."""
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n, n))
-    a = q @ q.T + n * np.eye(n)
-    b = rng.standard_normal(n)
-    return a, b
 
 
 def _grads(a, b, params):
@@ -41,22 +33,14 @@ def _run_adapter(inner, a, b, steps, k, **kw):
     return params, opt, alphas
 
 
-def _run_core(inner, a, b, steps, k, **kw):
-    opt = lc.lookahead(inner, k=k, alpha=0.5, alpha_mode="adaptive", **kw)
-    params = (np.ones(2), np.full((2, 2), -0.5))
-    state = opt.init(params)
-    for _ in range(steps):
-        params, state = opt.step(params, _grads(a, b, params), state)
-    return params, state
-
-
 @pytest.mark.parametrize("name", sorted(INNERS))
 @pytest.mark.parametrize("k", [1, 3])
 def test_adapter_equals_core_bit_for_bit(name, k):
-    a, b = _quadratic(0)
+    a, b = spd_quadratic(0)
     steps = 5 * (k + 1) + 2  # several cycles, ending mid-cycle
     params, opt, alphas = _run_adapter(INNERS[name](), a, b, steps, k)
-    core_params, state = _run_core(INNERS[name](), a, b, steps, k)
+    core_params, state = run_core_adaptive(
+        INNERS[name](), lambda ps: _grads(a, b, ps), (np.ones(2), np.full((2, 2), -0.5)), steps, k)
     for p, c in zip(params, core_params):
         assert np.array_equal(p, c)
     for s, c in zip(opt.slow, state.slow):
@@ -68,7 +52,7 @@ def test_adapter_equals_core_bit_for_bit(name, k):
 
 def test_first_alpha_is_propositions_optimal_alpha():
     """Full-batch gradients on an exact quadratic: the adapter's α is eq. 0.3's α*."""
-    a, b = _quadratic(1)
+    a, b = spd_quadratic(1)
     params = [np.ones(2), np.full((2, 2), -0.5)]
     opt = Lookahead(params, lc.sgd(lr=0.12), k=4, alpha=0.5, alpha_mode="adaptive",
                     alpha_min=0.0)
@@ -84,7 +68,7 @@ def test_first_alpha_is_propositions_optimal_alpha():
 
 @pytest.mark.parametrize("pending", [False, True])
 def test_checkpoint_round_trip_is_bit_exact(tmp_path, pending):
-    a, b = _quadratic(2)
+    a, b = spd_quadratic(2)
     k, n = 3, 2 * 4 + (3 if pending else 1)  # pending: count == k, the sync is due
     inner = INNERS["adam"]
     straight, _, _ = _run_adapter(inner(), a, b, 2 * n, k)

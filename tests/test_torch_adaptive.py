@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pytest
+from core_helpers import run_core_adaptive, spd_quadratic
 
 torch = pytest.importorskip("torch")
 
@@ -23,19 +24,9 @@ INNERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _quadratic(seed: int, n: int = 6):
-    """L(x) = ½ xᵀAx − bᵀx, A symmetric positive definite (float64), split into two parameters."""
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n, n))
-    return torch.from_numpy(q @ q.T + n * np.eye(n)), torch.from_numpy(rng.standard_normal(n))
+def _quadratic(seed: int):
+    """`spd_quadratic` as float64 tensors."""
+    return tuple(torch.from_numpy(x) for x in spd_quadratic(seed))
 
 
 def _gradient(a, b, params):
@@ -64,15 +55,6 @@ def _train(params, opt, a, b, steps, noise=None):
     return alphas
 
 
-def _run_core(inner, a, b, steps, k):
-    opt = lc.lookahead(inner, k=k, alpha=0.5, alpha_mode="adaptive")
-    params = tuple(_start())
-    state = opt.init(params)
-    for _ in range(steps):
-        params, state = opt.step(params, _gradient(a, b, params), state)
-    return params, state
-
-
 @pytest.mark.parametrize("name", sorted(INNERS))
 @pytest.mark.parametrize("k", [1, 3])
 def test_adapter_equals_core(name, k):
@@ -82,7 +64,7 @@ def test_adapter_equals_core(name, k):
     core_inner, torch_inner = INNERS[name]
     params, opt = _make(torch_inner, k)
     alphas = _train(params, opt, a, b, steps)
-    core_params, state = _run_core(core_inner(), a, b, steps, k)
+    core_params, state = run_core_adaptive(core_inner(), lambda ps: _gradient(a, b, ps), _start(), steps, k)
     # torch.optim's inner steps round differently from the core's (fused multiply-adds in
     # ``add_(..., alpha=-lr)``/``addcdiv_``: fixed mode shows the same 1e-16..1e-14 relative
     # gaps), so trajectories compare to 1e-12 relative; the estimate itself is bit-exact

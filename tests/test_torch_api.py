@@ -23,11 +23,6 @@ torch = pytest.importorskip("torch", reason="torch not installed")
 from lookahead_torch import Lookahead  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _mlp(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))

@@ -28,11 +28,6 @@ INNERS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _build(name, params, groups, **options):
     if groups == 1:
         spec = [{"params": params}]

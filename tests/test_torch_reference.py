@@ -48,11 +48,6 @@ CORE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.mark.parametrize("alpha", [0.3, 0.5, 0.8])
 @pytest.mark.parametrize("name", list(INNER))
 def test_bit_identical_to_plain_torch_algorithm_1(name, alpha):
