@@ -106,6 +106,15 @@ def random_grads(cp: Any, rng: np.random.Generator, params: list[Any]) -> list[A
     return [cp.asarray(rng.standard_normal(p.shape).astype(p.dtype.name)) for p in params]
 
 
+def assert_same_as_core(params: list[Any], opt: Any, core_params: Any, state: Any,
+                        step: int) -> None:
+    """θ and φ of the adapter equal the core's bit for bit after ``step`` steps."""
+    for i, (ours, theirs) in enumerate(zip(params, core_params)):
+        assert same_bits(host(ours), host(theirs)), f"fast[{i}] after step {step}"
+    for i, (ours, theirs) in enumerate(zip(opt.slow, state.slow)):
+        assert same_bits(host(ours), host(theirs)), f"slow[{i}] after step {step}"
+
+
 # --- the specification, bit for bit ---------------------------------------------------------
 
 
@@ -123,10 +132,7 @@ def test_trajectory_equals_core_on_cupy_bit_for_bit(cp, rng, kernel, dtype, inne
         grads = random_grads(cp, rng, params)
         opt.step(grads)
         core_params, state = spec.step(core_params, grads, state)
-        for i, (ours, theirs) in enumerate(zip(params, core_params)):
-            assert same_bits(host(ours), host(theirs)), f"fast[{i}] after step {step}"
-        for i, (ours, theirs) in enumerate(zip(opt.slow, state.slow)):
-            assert same_bits(host(ours), host(theirs)), f"slow[{i}] after step {step}"
+        assert_same_as_core(params, opt, core_params, state, step)
         assert opt.count == step % 3
 
 
@@ -320,10 +326,7 @@ def test_adaptive_trajectory_equals_core_on_cupy_bit_for_bit(cp, rng, kernel, in
         grads = quadratic_grads(cp, rng, params, curvature, noise=0.1)
         opt.step(grads)
         core_params, state = spec.step(core_params, grads, state)
-        for i, (ours, theirs) in enumerate(zip(params, core_params)):
-            assert same_bits(host(ours), host(theirs)), f"fast[{i}] after step {step}"
-        for i, (ours, theirs) in enumerate(zip(opt.slow, state.slow)):
-            assert same_bits(host(ours), host(theirs)), f"slow[{i}] after step {step}"
+        assert_same_as_core(params, opt, core_params, state, step)
         assert opt.count == state.count
         assert opt.last_alpha == state.last_alpha
         if step % 4 == 0:
