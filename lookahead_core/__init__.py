@@ -12,7 +12,7 @@ it works on NumPy, array-api-strict, PyTorch, JAX and CuPy arrays through
 >>> params, state = opt.step(params, [np.ones(3)], state)
 """
 
-from ._inner import AdamState, InnerOptimizer, SGDState, adam, adamw, lerp, sgd
+from ._inner import AdamState, InnerOptimizer, SGDState, adam, adamw, check_inner, lerp, sgd
 from ._lookahead import (
     ALPHA_MODES,
     AdaptiveLookaheadState,
@@ -41,6 +41,7 @@ __all__ = [
     "check_alpha",
     "check_alpha_mode",
     "check_arrays",
+    "check_inner",
     "check_k",
     "check_matching",
     "ema_closed_form",

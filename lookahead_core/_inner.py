@@ -28,6 +28,7 @@ __all__ = [
     "SGDState",
     "adam",
     "adamw",
+    "check_inner",
     "lerp",
     "sgd",
 ]
@@ -51,6 +52,16 @@ class InnerOptimizer(NamedTuple):
     update: Callable[[Sequence[Array], Any, Sequence[Array]], tuple[Arrays, Any]]
     name: str
     hyperparams: dict[str, Any]
+
+
+def check_inner(inner: Any) -> InnerOptimizer:
+    """Return ``inner`` if it is an `InnerOptimizer`, else raise ``TypeError`` naming it."""
+    if not isinstance(inner, InnerOptimizer):
+        raise TypeError(
+            "inner must be an InnerOptimizer such as lookahead_core.sgd(...), "
+            f"got {type(inner).__name__}"
+        )
+    return inner
 
 
 class SGDState(NamedTuple):
@@ -90,7 +101,11 @@ def lerp(start: Array, end: Array, weight: float) -> Array:
         start + w (end - start)          if w < 0.5
         end - (1 - w) (end - start)      otherwise
     """
-    xp = array_api_compat.array_namespace(start, end)
+    return _lerp(array_api_compat.array_namespace(start, end), start, end, weight)
+
+
+def _lerp(xp: Any, start: Array, end: Array, weight: float) -> Array:
+    """`lerp` with the namespace already known (it runs per parameter per step)."""
     diff = end - start
     if weight < 0.5:
         return xp.asarray(start + weight * diff)
@@ -222,7 +237,7 @@ def _adam_family(
         for i, (g, p) in enumerate(zip(grads, params)):
             if weight_decay != 0.0 and not decoupled:
                 g = g + weight_decay * p
-            m = lerp(state.exp_avg[i], g, 1.0 - beta1)
+            m = _lerp(xp, state.exp_avg[i], g, 1.0 - beta1)
             v = xp.asarray(beta2 * state.exp_avg_sq[i] + (1.0 - beta2) * g * g)
             ms.append(m)
             vs.append(v)

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from ._inner import InnerOptimizer, lerp
+from ._inner import InnerOptimizer, _lerp, check_inner
 from ._validation import check_alpha, check_arrays, check_k, check_matching
 
 __all__ = [
@@ -134,7 +134,7 @@ def sync_slow(
     so the two never alias. ``alpha`` must be a validated Python float.
     """
     xp = array_api_compat.array_namespace(*slow)
-    new_slow = tuple(lerp(s, f, alpha) for s, f in zip(slow, fast))
+    new_slow = tuple(_lerp(xp, s, f, alpha) for s, f in zip(slow, fast))
     return tuple(_copy(xp, s) for s in new_slow), new_slow
 
 
@@ -198,11 +198,7 @@ def lookahead(
         A `Lookahead` with pure ``init``, ``step`` and ``sync``. The inner
             optimizer's state is not touched by a sync.
     """
-    if not isinstance(inner, InnerOptimizer):
-        raise TypeError(
-            "inner must be an InnerOptimizer such as lookahead_core.sgd(...), "
-            f"got {type(inner).__name__}"
-        )
+    check_inner(inner)
     k = check_k(k)
     alpha, alpha_mode, alpha_min = check_alpha_mode(alpha, alpha_mode, alpha_min)
     if alpha_mode == "adaptive":

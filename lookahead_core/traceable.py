@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from ._inner import InnerOptimizer
+from ._inner import InnerOptimizer, check_inner
 from ._lookahead import Lookahead, sync_slow
 from ._validation import check_alpha, check_arrays, check_k, check_matching
 
@@ -94,11 +94,7 @@ def lookahead(
         A `lookahead_core.Lookahead` whose ``init``, ``step`` and ``sync``
             use a `TraceableLookaheadState`. ``sync`` is unconditional.
     """
-    if not isinstance(inner, InnerOptimizer):
-        raise TypeError(
-            "inner must be an InnerOptimizer such as lookahead_core.sgd(...), "
-            f"got {type(inner).__name__}"
-        )
+    check_inner(inner)
     k = check_k(k)
     alpha = check_alpha(alpha)
     if not callable(cond):

@@ -82,7 +82,6 @@ def check_params(params: Any) -> tuple[Any, ...]:
         ValueError: empty, on several devices, self-overlapping, or two
             parameters sharing memory.
     """
-    cupy = require_cupy()
     arrays = check_cupy_arrays("params", params)
     for i, array in enumerate(arrays):
         check_no_self_overlap(f"params[{i}]", array, array.data.ptr)

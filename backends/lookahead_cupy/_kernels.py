@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from lookahead_numpy._blocks import lerp_weights
+
 from ._device import require_cupy
 
 __all__ = [
@@ -103,16 +105,6 @@ def _check_dtype(dtype: str) -> str:
     if dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"dtype must be one of {SUPPORTED_DTYPES}, got {dtype!r}")
     return dtype
-
-
-def lerp_weights(alpha: float) -> tuple[float, bool]:
-    """``(weight, low)`` of the two-sided lerp: ``(α, True)`` if α < 0.5, else ``(1 − α, False)``.
-
-    ``1 − α`` is computed here in double precision, as `lookahead_core.lerp`
-    computes it, and rounded to the compute type only when it is passed.
-    """
-    low = alpha < 0.5
-    return (alpha if low else 1.0 - alpha), low
 
 
 def reference_sync(theta: np.ndarray, phi: np.ndarray, alpha: float) -> np.ndarray:

@@ -51,15 +51,11 @@ class _MultiTensor:
         )
         self.sync_function, self.swap_function = multi_tensor_functions(dtype)
 
-    def nbytes(self) -> int:
-        return sum(int(array.nbytes) for array in self.table[:4])
-
 
 class _DtypeLaunches:
     """The kernel launches that sync (or swap) every parameter of one dtype."""
 
     def __init__(self, dtype: str, pairs: list[tuple[Any, Any]], multi: _MultiTensor | None):
-        self.dtype = dtype
         self._weight_type = np.dtype(COMPUTE_DTYPES[dtype]).type
         self._pairs = pairs  # (θ view, φ view): one ElementwiseKernel launch each
         self._multi = multi

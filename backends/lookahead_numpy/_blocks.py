@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
+    "lerp_weights",
     "DEFAULT_BLOCK_BYTES",
     "BlockPair",
     "lerp_and_reset",
@@ -154,6 +155,16 @@ def lerp_and_reset(pair: BlockPair, alpha: float) -> None:
         lerp_and_reset_scratch(pair, alpha)
 
 
+def lerp_weights(alpha: float) -> tuple[float, bool]:
+    """``(weight, low)`` of the two-sided lerp: ``(α, True)`` if α < 0.5, else ``(1 − α, False)``.
+
+    ``1 − α`` is computed here in double precision, as `lookahead_core.lerp`
+    computes it (the CuPy kernels round it to their compute type when it is passed).
+    """
+    low = alpha < 0.5
+    return (alpha if low else 1.0 - alpha), low
+
+
 def lerp_and_reset_scratch(pair: BlockPair, alpha: float) -> None:
     """`lerp_and_reset` through the scratch buffer: any pair, dense or strided.
 
@@ -161,8 +172,7 @@ def lerp_and_reset_scratch(pair: BlockPair, alpha: float) -> None:
     first copied to ``pair.fast_copy``. The path of strided parameters, and the
     reference the dense path is measured and tested against.
     """
-    low_weight = alpha < 0.5
-    factor = alpha if low_weight else 1.0 - alpha
+    factor, low_weight = lerp_weights(alpha)
     for fast, slow in _blocks(pair.fast, pair.slow, pair.block):
         diff = pair.scratch[: fast.size].reshape(fast.shape)
         theta = fast
@@ -193,8 +203,7 @@ def _lerp_and_reset_dense(fast: np.ndarray, slow: np.ndarray, block: int, alpha:
     difference: like any in-place sync, an interrupted one leaves the pair
     unusable.
     """
-    low_weight = alpha < 0.5
-    factor = alpha if low_weight else 1.0 - alpha
+    factor, low_weight = lerp_weights(alpha)
     for start in range(0, fast.size, block):
         theta = fast[start : start + block]
         phi = slow[start : start + block]

@@ -66,8 +66,9 @@ class InPlaceLookahead:
     ``lookahead_cupy.Lookahead``, which document the arguments.
     """
 
-    _array_type: ClassVar[type] = np.ndarray
-    _library: ClassVar[str] = "NumPy"
+    # Set by each adapter: its array type and the library's name in messages.
+    _array_type: ClassVar[type]
+    _library: ClassVar[str]
 
     def __init__(
         self,
@@ -80,11 +81,7 @@ class InPlaceLookahead:
         alpha_min: float = 0.1,
         **options: Any,
     ) -> None:
-        if not isinstance(inner, lc.InnerOptimizer):
-            raise TypeError(
-                "inner must be an InnerOptimizer such as lookahead_core.sgd(...), "
-                f"got {type(inner).__name__}"
-            )
+        lc.check_inner(inner)
         k = lc.check_k(k)
         alpha, alpha_mode, alpha_min = lc.check_alpha_mode(alpha, alpha_mode, alpha_min)
         options = self._check_options(**options)
