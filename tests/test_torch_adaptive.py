@@ -217,6 +217,8 @@ def test_bad_adaptive_checkpoint_values_change_nothing():
     bad_cases = []
     sd = {**good, "lookahead": {**good["lookahead"], "alpha_min": 0.9}}
     bad_cases.append((sd, "alpha_min"))
+    sd = {**good, "lookahead": {**good["lookahead"], "alpha_min": 1.5}}
+    bad_cases.append((sd, r"^state_dict\['lookahead'\]\['alpha_min'\] must be in \[0, 1\], got 1.5$"))
     sd = {**good, "param_groups": [{**good["param_groups"][0], "lookahead_count": 3}]}
     bad_cases.append((sd, r"\[0, 2\]"))
     sd = {**good, "param_groups": [{**good["param_groups"][0], "lookahead_last_alpha": 1.5}]}

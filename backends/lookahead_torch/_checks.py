@@ -21,6 +21,7 @@ from ._momentum import PULLBACK_MODES
 __all__ = [
     "NONFINITE_MODES",
     "as_count",
+    "check_fallback",
     "check_group_settings",
     "check_nonfinite",
     "check_param",
@@ -47,6 +48,16 @@ def renamed(name: str, check: Callable[[Any], T], value: Any) -> T:
                 message = message[len(own) + 1 :]
                 break
         raise type(exc)(f"{name} {message}") from None
+
+
+def check_fallback(name: str, alpha: float, alpha_min: float) -> float:
+    """Adaptive mode: the fallback ``alpha`` (already checked in [0, 1]) must be >= ``alpha_min``."""
+    if alpha < alpha_min:
+        raise ValueError(
+            f"{name} (the fallback of adaptive mode) must be in [alpha_min, 1] "
+            f"= [{alpha_min}, 1], got {alpha}"
+        )
+    return alpha
 
 
 def group_k(where: str, group: Mapping[str, Any], default: int) -> int:
@@ -125,12 +136,17 @@ def check_slow_dtype(slow_dtype: Any) -> torch.dtype | None:
     return slow_dtype
 
 
-def as_count(where: str, value: Any, k: int) -> int:
-    """A checkpoint's position in the cycle: an int in ``[0, k)``."""
+def as_count(where: str, value: Any, k: int, adaptive: bool = False) -> int:
+    """A checkpoint's position in the cycle: an int in ``[0, k)``, or ``[0, k]`` in adaptive mode.
+
+    In adaptive mode ``count == k`` means the estimate-and-sync call is pending.
+    """
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = value.item()
+    interval = f"[0, {k}]" if adaptive else f"[0, {k})"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where} must be an int in [0, {k}), got {value!r}")
-    if not 0 <= int(value) < k:
-        raise ValueError(f"{where} must be an int in [0, {k}) (k = {k}), got {value}")
+        raise TypeError(f"{where} must be an int in {interval}, got {value!r}")
+    if not 0 <= int(value) <= (k if adaptive else k - 1):
+        mode = ", adaptive mode" if adaptive else ""
+        raise ValueError(f"{where} must be an int in {interval} (k = {k}{mode}), got {value}")
     return int(value)

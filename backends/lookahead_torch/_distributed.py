@@ -157,10 +157,13 @@ def all_ranks_finite(finite: bool, tensors: Sequence[torch.Tensor]) -> bool:
     back together or none does. Plain (replicated) parameters are identical on
     every rank already: no communication.
     """
+    dtensor = dtensor_type()
+    if dtensor is None:
+        return finite
     meshes: list[Any] = []
     for t in tensors:
         # FSDP2 gives each fully_shard unit its own DeviceMesh object: compare by value.
-        if is_dtensor(t) and t.device_mesh not in meshes:
+        if isinstance(t, dtensor) and t.device_mesh not in meshes:
             meshes.append(t.device_mesh)
     if not meshes:
         return finite

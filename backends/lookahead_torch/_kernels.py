@@ -39,8 +39,8 @@ cache). Each element is computed by the same ``torch.lerp`` as the unblocked
 kernel, so the results are bit for bit the same (``tests/test_fastpaths.py``);
 see the Performance page for the measurements (1 thread, 100M float32: 0.94 of
 the plain-copy bandwidth and 1.5 × the unblocked kernel on a quiet machine).
-The mixed-dtype CPU path uses the same piece size for its batches instead of
-`scratch_elements` (bfloat16 parameters, float32 slow copy, 1 thread: 1.09 ×
+The mixed-dtype CPU path uses the same piece size for its batches (and its
+scratch holds one piece) instead of `scratch_elements` (bfloat16 parameters, float32 slow copy, 1 thread: 1.09 ×
 faster on ResNet-18 shapes, 1.32 × on 100M values). On CUDA one multi-tensor
 launch over whole tensors is already at the memory bandwidth: no blocking there.
 """
@@ -117,17 +117,21 @@ def make_scratch(
     """Allocate the upcast scratch buffers the mixed-dtype pairs among (fast, slow) need.
 
     One 1-D buffer per (device, slow dtype) of `scratch_elements` of the
-    elements of those pairs; none at all when every pair shares its dtype.
+    elements of those pairs, on the CPU at most one cache-blocked piece
+    (`CPU_BLOCK_BYTES`); none at all when every pair shares its dtype.
     """
     totals: dict[ScratchKey, int] = {}
     for f, s in zip(fast, slow):
         if f.dtype != s.dtype:
             key = scratch_key(s)
             totals[key] = totals.get(key, 0) + f.numel()
-    return {
-        key: torch.empty(max(scratch_elements(n), 1), dtype=key[1], device=key[0])
-        for key, n in totals.items()
-    }
+    scratch = {}
+    for (device, dtype), n in totals.items():
+        elements = scratch_elements(n)
+        if device.type == "cpu":
+            elements = min(elements, CPU_BLOCK_BYTES // dtype.itemsize)
+        scratch[(device, dtype)] = torch.empty(max(elements, 1), dtype=dtype, device=device)
+    return scratch
 
 
 def _buckets(
@@ -206,10 +210,7 @@ def lerp_and_copy_(
         else:
             if scratch is None or (device, slow_dtype) not in scratch:
                 raise RuntimeError(f"no upcast scratch buffer for {slow_dtype} on {device}")
-            capacity = scratch[(device, slow_dtype)].numel()
-            if device.type == "cpu":
-                capacity = min(capacity, CPU_BLOCK_BYTES // slow_dtype.itemsize)
-            _lerp_and_copy_upcast(fs, ss, alpha, scratch[(device, slow_dtype)][:capacity])
+            _lerp_and_copy_upcast(fs, ss, alpha, scratch[(device, slow_dtype)])
 
 
 @torch.no_grad()

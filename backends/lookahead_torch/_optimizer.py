@@ -16,6 +16,7 @@ import lookahead_core as lc
 from . import _distributed, _kernels
 from ._checks import (
     as_count,
+    check_fallback,
     check_group_settings,
     check_nonfinite,
     check_param,
@@ -246,6 +247,7 @@ class Lookahead(torch.optim.Optimizer):
             super().__init__(optimizer.param_groups, optimizer.defaults)
         finally:
             self._constructing = False
+        self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     # -- live views of the inner optimizer ----------------------------------------------
 
@@ -409,7 +411,8 @@ class Lookahead(torch.optim.Optimizer):
                 else None
             )
         self._slots.append(_GroupSlots(params, slow, momentum, 0, start_grads))
-        self._scratch = _kernels.make_scratch(*self._all_local_pairs())
+        if not self._constructing:  # the constructor makes it once, for all groups
+            self._scratch = _kernels.make_scratch(*self._all_local_pairs())
 
     def _slow_dtype_of(self, param: torch.Tensor) -> torch.dtype:
         wide = self._slow_dtype
@@ -532,11 +535,8 @@ class Lookahead(torch.optim.Optimizer):
                 k = group_k(f"param_groups[{g}]", group, self._k)
             if type(alpha) is not float or not 0.0 <= alpha <= 1.0:
                 alpha = group_alpha(f"param_groups[{g}]", group, self._alpha)
-            if self._alpha_mode == "adaptive" and alpha < self._alpha_min:
-                raise ValueError(
-                    f"param_groups[{g}]['lookahead_alpha'] (the fallback of adaptive mode) must "
-                    f"be in [alpha_min, 1] = [{self._alpha_min}, 1], got {alpha}"
-                )
+            if self._alpha_mode == "adaptive":
+                check_fallback(f"param_groups[{g}]['lookahead_alpha']", alpha, self._alpha_min)
             schedule.append((k, alpha))
         return schedule
 
@@ -565,7 +565,8 @@ class Lookahead(torch.optim.Optimizer):
         """
         self._refuse_while_swapped("step")
         self._check_structure()
-        if _distributed.called_for_state_initialization():
+        # torch's _init_optim_state steps only an optimizer whose state is empty.
+        if not self._inner.state and _distributed.called_for_state_initialization():
             # torch.distributed.checkpoint creating the inner state with lr = 0 and zero
             # gradients: not a training step, so no count and no sync.
             return self._inner.step() if closure is None else self._inner.step(closure)
@@ -732,11 +733,12 @@ class Lookahead(torch.optim.Optimizer):
     def _rolled_back(self, g: int) -> bool:
         """``nonfinite="rollback"``: if group g's fast weights are not finite, θ ← φ."""
         slots = self._slots[g]
-        finite = _kernels.all_finite(_distributed.locals_(slots.params))
+        fast = _distributed.locals_(slots.params)
+        finite = _kernels.all_finite(fast)
         # Sharded parameters: every rank must take the same decision.
         if _distributed.all_ranks_finite(finite, slots.params):
             return False
-        _kernels.copy_(_distributed.locals_(slots.params), _distributed.locals_(slots.slow))
+        _kernels.copy_(fast, _distributed.locals_(slots.slow))
         # A blow-up has nearly always poisoned the moments too: restart them.
         self._restart_inner_state([g])
         if slots.momentum is not None:
@@ -755,11 +757,12 @@ class Lookahead(torch.optim.Optimizer):
             for i, p in enumerate(slots.params):
                 buffer = state[p].get(key) if p in state else None
                 if isinstance(buffer, torch.Tensor):
-                    buffers.append(_distributed.local(buffer))
+                    buffers.append(buffer)
                     if slots.momentum is not None:
-                        caches.append(_distributed.local(slots.momentum[i]))
+                        caches.append(slots.momentum[i])
             if not buffers:
                 continue
+            buffers, caches = _distributed.locals_(buffers), _distributed.locals_(caches)
             if self._pullback == "reset":
                 with torch.no_grad():
                     torch._foreach_zero_([b for b in buffers if b.numel() > 0])
@@ -1061,11 +1064,8 @@ class Lookahead(torch.optim.Optimizer):
             else:
                 default_k, default_alpha = k, alpha
             group_k_, group_alpha_ = check_group_settings(where, saved, default_k, default_alpha)
-            if adaptive and group_alpha_ < alpha_min:
-                raise ValueError(
-                    f"{where}['lookahead_alpha'] (the fallback of adaptive mode) must be in "
-                    f"[alpha_min, 1] = [{alpha_min}, 1], got {group_alpha_}"
-                )
+            if adaptive:
+                check_fallback(f"{where}['lookahead_alpha']", group_alpha_, alpha_min)
             last_alphas.append(
                 None if plain or not adaptive else _checked_last_alpha(where, saved, alpha_min)
             )
@@ -1087,7 +1087,7 @@ class Lookahead(torch.optim.Optimizer):
             else:
                 if _COUNT_KEY not in saved:
                     raise ValueError(f"{where} is missing {_COUNT_KEY!r}")
-                counts.append(_checked_count(f"{where}[{_COUNT_KEY!r}]", saved[_COUNT_KEY], group_k_, adaptive))
+                counts.append(as_count(f"{where}[{_COUNT_KEY!r}]", saved[_COUNT_KEY], group_k_, adaptive))
             inner_groups.append(inner_group)
 
         unknown = [pid for pid in saved_state if pid not in index_of]
@@ -1188,16 +1188,8 @@ class Lookahead(torch.optim.Optimizer):
         alpha = renamed(f"{where}['alpha']", lc.check_alpha, section["alpha"])
         alpha_min = self._alpha_min
         if self._alpha_mode == "adaptive":
-            alpha_min = renamed(
-                f"{where}['alpha_min']",
-                lambda value: lc.check_alpha(value, name="alpha_min"),
-                section["alpha_min"],
-            )
-            if alpha < alpha_min:
-                raise ValueError(
-                    f"{where}['alpha'] (the fallback of adaptive mode) must be in [alpha_min, 1] "
-                    f"= [{alpha_min}, 1], got {alpha}"
-                )
+            alpha_min = renamed(f"{where}['alpha_min']", lc.check_alpha, section["alpha_min"])
+            check_fallback(f"{where}['alpha']", alpha, alpha_min)
         if section["pullback"] != self._pullback:
             raise ValueError(
                 f"{where}['pullback'] is {section['pullback']!r}, but this optimizer has "
@@ -1433,27 +1425,9 @@ def _check_adaptive_param(where: str, param: torch.Tensor) -> None:
 
 def _check_adaptive_group(where: str, group: Mapping[str, Any], alpha: float, alpha_min: float) -> None:
     """Adaptive mode: real, non-DTensor parameters and a fallback α in ``[alpha_min, 1]``."""
-    group_alpha_ = group_alpha(where, group, alpha)
-    if group_alpha_ < alpha_min:
-        raise ValueError(
-            f"{where}['lookahead_alpha'] (the fallback of adaptive mode) must be in "
-            f"[alpha_min, 1] = [{alpha_min}, 1], got {group_alpha_}"
-        )
+    check_fallback(f"{where}['lookahead_alpha']", group_alpha(where, group, alpha), alpha_min)
     for i, param in enumerate(group["params"]):
         _check_adaptive_param(f"{where}['params'][{i}]", param)
-
-
-def _checked_count(where: str, value: Any, k: int, adaptive: bool) -> int:
-    """A checkpoint's position in the cycle: in ``[0, k)``, or ``[0, k]`` in adaptive mode."""
-    if not adaptive:
-        return as_count(where, value, k)
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where} must be an int in [0, {k}], got {value!r}")
-    if not 0 <= int(value) <= k:
-        raise ValueError(f"{where} must be an int in [0, {k}] (k = {k}, adaptive mode), got {value}")
-    return int(value)
 
 
 def _checked_last_alpha(where: str, saved: Mapping[str, Any], alpha_min: float) -> float | None:
