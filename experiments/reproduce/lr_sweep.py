@@ -60,8 +60,8 @@ def run(config: Config, progress: Callable[[int], Any]) -> dict[str, Any]:
                 runs.append({"optimizer": key, "lr": lr, "seed": seed, **result.to_dict()})
                 bar.update(1)
             acc = report.summarize(r.val_accuracy for r in cell)
-            summary.append({"optimizer": key, "lr": lr, "mean": acc.mean, "std": acc.std,
-                            "n": acc.n, "diverged": sum(r.diverged for r in cell)})
+            summary.append({"optimizer": key, "lr": lr, **report.summary_fields(acc),
+                            "diverged": sum(r.diverged for r in cell)})
     return {"runs": runs, "summary": summary}
 
 
@@ -80,12 +80,10 @@ def markdown(results: dict[str, Any]) -> str:
         row = [f"{lr:g}"]
         for key in config["optimizers"]:
             entry = cell(results, key, lr)
-            text = report.mean_pm_std(report.Summary(entry["mean"], entry["std"], entry["n"]), 100.0)
-            if entry["diverged"]:
-                text += f" († {entry['diverged']}/{len(config['seeds'])})"
-            row.append(text)
+            row.append(report.stored_mean_pm_std(entry, 100.0)
+                       + report.diverged_mark(entry["diverged"], len(config["seeds"])))
         rows.append(row)
-    dataset = "MNIST-5k" if config["dataset"] == "mnist5k" else config["dataset"]
+    dataset = data.DATASET_LABELS[config["dataset"]]
     note = (
         f"Final validation accuracy (%) of the small CNN on {dataset} after {config['epochs']} "
         f"epochs at a constant learning rate, mean ± std over seeds {config['seeds']}; "
@@ -117,6 +115,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend()
-    dataset = "MNIST-5k" if config["dataset"] == "mnist5k" else config["dataset"]
+    dataset = data.DATASET_LABELS[config["dataset"]]
     ax.set_title(f"LR sweep, small CNN on {dataset}: mean ± std, dots = seeds")
     report.save_figure(figure, path)

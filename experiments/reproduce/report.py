@@ -8,7 +8,7 @@ import math
 import os
 import platform
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -43,6 +43,23 @@ def mean_pm_std(summary: Summary, scale: float = 1.0, digits: int = 2) -> str:
     if summary.n == 0:
         return "–"
     return f"{summary.mean * scale:.{digits}f} ± {summary.std * scale:.{digits}f}"
+
+
+def summary_fields(summary: Summary) -> dict[str, Any]:
+    """``{"mean", "std", "n"}`` of ``summary``: how a results file stores it."""
+    return {"mean": summary.mean, "std": summary.std, "n": summary.n}
+
+
+def stored_mean_pm_std(entry: Mapping[str, Any], scale: float = 1.0, digits: int = 2,
+                       prefix: str = "") -> str:
+    """`mean_pm_std` of a summary stored as ``entry[prefix + "mean"]``, ``[prefix + "std"]``, ``["n"]``."""
+    return mean_pm_std(
+        Summary(entry[prefix + "mean"], entry[prefix + "std"], entry["n"]), scale, digits)
+
+
+def diverged_mark(diverged: int, seeds: int) -> str:
+    """``" († d/n)"`` when ``d`` of the ``n`` seeds diverged, else ``""``."""
+    return f" († {diverged}/{seeds})" if diverged else ""
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

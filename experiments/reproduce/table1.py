@@ -63,7 +63,6 @@ SIZES = {
     "full": Config(setups=(DIGITS_FULL, MNIST_FULL), seeds=(0, 1, 2, 3, 4)),
 }
 
-DATASET_LABELS = {"digits": "digits", "mnist5k": "MNIST-5k"}
 
 
 def run(config: Config, progress: Callable[[int], Any]) -> dict[str, Any]:
@@ -94,8 +93,7 @@ def run(config: Config, progress: Callable[[int], Any]) -> dict[str, Any]:
                 acc = report.summarize(r.val_accuracy for r in cell)
                 summary.append(
                     {"dataset": setup.dataset, "lr_setting": lrs.name, "optimizer": key, "lr": lr,
-                     "mean": acc.mean, "std": acc.std, "n": acc.n,
-                     "diverged": sum(r.diverged for r in cell)}
+                     **report.summary_fields(acc), "diverged": sum(r.diverged for r in cell)}
                 )
     return {"runs": runs, "summary": summary}
 
@@ -114,7 +112,7 @@ def markdown(results: dict[str, Any]) -> str:
         (setup["dataset"], lrs["name"], lrs) for setup in config["setups"] for lrs in setup["lr_settings"]
     ]
     headers = ["Optimizer", "paper CIFAR-10", "paper CIFAR-100"] + [
-        f"{DATASET_LABELS[d]}, {name} lr" for d, name, _ in columns
+        f"{data.DATASET_LABELS[d]}, {name} lr" for d, name, _ in columns
     ]
     rows = []
     for key in config["optimizers"]:
@@ -125,16 +123,14 @@ def markdown(results: dict[str, Any]) -> str:
         )
         for dataset, name, _lrs in columns:
             entry = cell(results, dataset, name, key)
-            text = report.mean_pm_std(report.Summary(entry["mean"], entry["std"], entry["n"]), 100.0)
-            if entry["diverged"]:
-                text += f" († {entry['diverged']}/{len(config['seeds'])})"
-            row.append(text)
+            row.append(report.stored_mean_pm_std(entry, 100.0)
+                       + report.diverged_mark(entry["diverged"], len(config["seeds"])))
         rows.append(row)
     lrs = "; ".join(
-        f"{DATASET_LABELS[d]} {name}: SGD and LA(SGD) {lrs['sgd']:g}, Polyak {lrs['polyak']:g}, "
+        f"{data.DATASET_LABELS[d]} {name}: SGD and LA(SGD) {lrs['sgd']:g}, Polyak {lrs['polyak']:g}, "
         f"Adam and LA(Adam) {lrs['adam']:g}" for d, name, lrs in columns
     )
-    epochs = ", ".join(f"{DATASET_LABELS[s['dataset']]} {s['epochs']}" for s in config["setups"])
+    epochs = ", ".join(f"{data.DATASET_LABELS[s['dataset']]} {s['epochs']}" for s in config["setups"])
     note = (
         f"Final validation accuracy (%), mean ± std over seeds {config['seeds']}; "
         f"constant learning rates ({lrs}); epochs: {epochs}. "
@@ -169,7 +165,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             x = np.arange(1, epochs + 1)
             ax.plot(x, mean, label=spec.label, **optim.line_style(spec))
             ax.fill_between(x, mean - std, mean + std, alpha=0.12, color=optim.COLORS[spec.inner])
-        ax.set_title(f"{DATASET_LABELS[setup['dataset']]}, {lr_name} lr")
+        ax.set_title(f"{data.DATASET_LABELS[setup['dataset']]}, {lr_name} lr")
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (%)")
         ax.set_ylim(*report.accuracy_limits(ax))

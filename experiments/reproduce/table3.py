@@ -142,7 +142,7 @@ def run(config: Config, progress: Callable[[int], Any]) -> dict[str, Any]:
                      "diverged": sum(r.diverged for r in cell)}
             for split in ("train", "val", "test"):
                 s = report.summarize(in_unit(setup.corpus, getattr(r, f"{split}_nats")) for r in cell)
-                entry[split] = {"mean": s.mean, "std": s.std, "n": s.n}
+                entry[split] = report.summary_fields(s)
             summary.append(entry)
     return {"runs": runs, "summary": summary, "corpora": corpora}
 
@@ -155,8 +155,7 @@ def cell(results: dict[str, Any], corpus: str, optimizer: str) -> dict[str, Any]
 
 
 def _fmt(entry: dict[str, Any], split: str, digits: int) -> str:
-    value = entry[split]
-    return report.mean_pm_std(report.Summary(value["mean"], value["std"], value["n"]), 1.0, digits)
+    return report.stored_mean_pm_std(entry[split], 1.0, digits)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -173,8 +172,7 @@ def markdown(results: dict[str, Any]) -> str:
             entry = cell(results, corpus, key)
             digits = 1 if corpus == "wikipedia" else 3
             row += [_fmt(entry, split, digits) for split in ("train", "val", "test")]
-            if entry["diverged"]:
-                row[-1] += f" († {entry['diverged']}/{len(config['seeds'])})"
+            row[-1] += report.diverged_mark(entry["diverged"], len(config["seeds"]))
         rows.append(row)
     lrs = "; ".join(
         f"{setup['corpus']}: SGD {setup['lrs']['sgd']:g}, Polyak {setup['lrs']['polyak']:g}, "
