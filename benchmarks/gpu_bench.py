@@ -41,15 +41,10 @@ WARMUP = 5
 # The suite's parameter sets (shapes only: sets.py needs NumPy alone), also when this
 # file runs as a script on a machine that has nothing but the working tree.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sets import SETS as _PARAM_SETS  # noqa: E402
-
-SETS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
-    name: (lambda param_set=param_set: list(param_set.shapes))
-    for name, param_set in _PARAM_SETS.items()
-}
+from benchmarks.sets import SETS  # noqa: E402
 
 
-def gpu_median_us(cupy, fn: Callable[[], object]) -> tuple[float, float, float]:
+def gpu_median_us(fn: Callable[[], object]) -> tuple[float, float, float]:
     """Median, min and max GPU time of ``fn`` in microseconds (CuPy's event timer)."""
     from cupyx.profiler import benchmark
 
@@ -94,14 +89,14 @@ def measure_set(cupy, torch, torch_reason: str | None, set_name: str, host: list
     src = cupy.empty(2 * nbytes, dtype=cupy.uint8)
     dst = cupy.empty_like(src)
     src.fill(1)
-    copy_timing = gpu_median_us(cupy, lambda: dst.data.copy_from_device_async(src.data, 2 * nbytes))
+    copy_timing = gpu_median_us(lambda: dst.data.copy_from_device_async(src.data, 2 * nbytes))
     copy_bw = moved / (copy_timing[0] * 1e-6) / 1e9
     row("copy (cudaMemcpy D2D)", "1", copy_timing, copy_bw)
     src = dst = None
 
     def lookahead_row(method: str, params: list, kernel: str) -> None:
         opt = Lookahead(params, lc.sgd(lr=0.1), k=5, alpha=alpha, kernel=kernel)
-        row(method, str(opt.sync_launches), gpu_median_us(cupy, opt.sync), copy_bw)
+        row(method, str(opt.sync_launches), gpu_median_us(opt.sync), copy_bw)
 
     flat_views = list(flatten([cupy.asarray(a) for a in host]).views)
     lookahead_row("cupy flat buffer, multi_tensor (auto)", flat_views, "multi_tensor")
@@ -173,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     rng = np.random.default_rng(0)
     for set_name in args.sets:
-        host = [rng.standard_normal(s).astype(args.dtype) for s in SETS[set_name]()]
+        host = [rng.standard_normal(s).astype(args.dtype) for s in SETS[set_name].shapes]
         measure_set(cupy, torch, torch_reason, set_name, host, lines, failures)
 
     table = "\n".join(lines)

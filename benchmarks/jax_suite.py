@@ -47,16 +47,10 @@ class _Runner:
         self.params, self.state, self.grads = params, state, grads
         self._block = jax.block_until_ready
 
-    def steps(self, n: int) -> None:
-        for _ in range(n):
-            self.params, self.state = self.compiled(self.params, self.grads, self.state)
-        self._block((self.params, self.state))
-
     def one(self) -> None:
-        self.steps(1)
-
-    def cycle(self) -> None:
-        self.steps(K)
+        """One step, blocked on (as a loop that reads its loss is)."""
+        self.params, self.state = self.compiled(self.params, self.grads, self.state)
+        self._block((self.params, self.state))
 
 
 def _inners() -> dict[str, Any]:

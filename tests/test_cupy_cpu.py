@@ -418,8 +418,8 @@ def _gpu_bench():
 
 def test_gpu_bench_parameter_sets_have_the_advertised_sizes():
     bench = _gpu_bench()
-    counts = {name: (len(make()), sum(int(np.prod(s)) for s in make()))
-              for name, make in bench.SETS.items()}
+    counts = {name: (len(pset.shapes), sum(int(np.prod(s)) for s in pset.shapes))
+              for name, pset in bench.SETS.items()}
     assert counts["resnet18"] == (62, 11_689_512)  # torchvision's ResNet-18
     assert counts["transformer"][0] == 200 and 3_000_000 < counts["transformer"][1] < 4_000_000
     assert counts["large"] == (100, 100_000_000)

@@ -12,7 +12,7 @@ import json
 import sys
 
 from .checks import CHECKS
-from .registry import registered_backends
+from .registry import expand_backend_names, registered_backends
 from .report import certify, format_report, report_json
 
 
@@ -45,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         for check in CHECKS.values():
             print(f"check    {check.name}: {check.summary}")
         return 0
-    names: list[str] = []
-    for name in args.backend or ["all"]:
-        for expanded in (list(registered_backends()) if name == "all" else [name]):
-            if expanded not in names:
-                names.append(expanded)
+    names = expand_backend_names(args.backend or ["all"])
     checks = args.check or None
     try:
         reports = [certify(name, checks) for name in names]

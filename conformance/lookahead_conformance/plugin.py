@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from .checks import CHECKS, FAIL, NOT_APPLICABLE, run_check
-from .registry import BrokenBackend, load_backend, registered_backends
+from .registry import BrokenBackend, expand_backend_names, load_backend, registered_backends
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -42,12 +42,7 @@ def pytest_addoption(parser: Any) -> None:
 
 
 def _selected(config: Any) -> list[str]:
-    names: list[str] = []
-    for name in config.getoption("lookahead_backend") or ["all"]:
-        for expanded in (list(registered_backends()) if name == "all" else [name]):
-            if expanded not in names:
-                names.append(expanded)
-    return names
+    return expand_backend_names(config.getoption("lookahead_backend") or ["all"])
 
 
 def _xfails(config: Any) -> set[str]:

@@ -27,7 +27,6 @@ import numpy as np
 
 __all__ = [
     "REQUIRED_BACKEND_MEMBERS",
-    "REQUIRED_RUNNER_METHODS",
     "Backend",
     "InnerSpec",
     "ReportsAliasing",
@@ -186,7 +185,6 @@ class Backend(Protocol):
 REQUIRED_BACKEND_MEMBERS = (
     "name", "dtypes", "skip_reason", "namespace", "device", "from_numpy", "to_numpy", "create",
 )
-REQUIRED_RUNNER_METHODS = ("step", "fast", "slow", "save", "restore")
 
 
 def protocol_violations(obj: Any, members: Sequence[str] = REQUIRED_BACKEND_MEMBERS) -> list[str]:

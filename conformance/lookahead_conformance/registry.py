@@ -24,6 +24,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BrokenBackend",
     "builtin_backend_names",
+    "expand_backend_names",
     "load_backend",
     "registered_backends",
 ]
@@ -127,6 +128,16 @@ def registered_backends() -> dict[str, Backend | BrokenBackend]:
         else:
             found[name] = _load_entry_point(eps[0])
     return found
+
+
+def expand_backend_names(names: Sequence[str]) -> list[str]:
+    """``names`` with ``"all"`` replaced by every registered backend, each name once, in order."""
+    expanded: list[str] = []
+    for name in names:
+        for one in (list(registered_backends()) if name == "all" else [name]):
+            if one not in expanded:
+                expanded.append(one)
+    return expanded
 
 
 def builtin_backend_names() -> list[str]:
