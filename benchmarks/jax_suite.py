@@ -24,13 +24,11 @@ import numpy as np
 from .memory import jax_call_bytes, state_bytes
 from .results import Row, SetResult
 from .sets import ParamSet
-from .steps import K, measure_steps
+from .steps import ALPHA, K, LR, measure_steps
 from .timing import Stats, interleaved, phase
 
 __all__ = ["run_jax"]
 
-ALPHA = 0.5
-LR = 1e-4
 
 OURS = "core traceable (jit)"
 OPTAX = "optax.lookahead"

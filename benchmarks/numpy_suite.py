@@ -23,14 +23,11 @@ from lookahead_numpy import _blocks
 from .memory import numpy_call_bytes, state_bytes
 from .results import Row, SetResult
 from .sets import ParamSet
-from .steps import K, measure_steps
+from .steps import ALPHA, CORE_INNERS, K, LR, core_step_group, measure_steps
 from .timing import Stats, interleaved, phase
 
 __all__ = ["run_numpy"]
 
-ALPHA = 0.5
-LR = 1e-4
-INNERS = {"SGD-m": lambda: lc.sgd(lr=LR, momentum=0.9), "Adam": lambda: lc.adam(lr=LR)}
 
 OURS = "lookahead_numpy"
 SCRATCH = "lookahead_numpy, scratch kernel (before)"
@@ -49,28 +46,6 @@ class _InPlaceBare:
         delta, self.state = self.inner.update(self.grads, self.state, self.params)
         for p, d in zip(self.params, delta):
             np.add(p, d, out=p)
-
-
-class _CoreBare:
-    def __init__(self, inner: lc.InnerOptimizer, params: tuple[np.ndarray, ...],
-                 grads: list[np.ndarray]) -> None:
-        self.inner, self.params, self.grads = inner, params, grads
-        self.state = inner.init(params)
-
-    def step(self) -> None:
-        delta, self.state = self.inner.update(self.grads, self.state, self.params)
-        self.params = tuple(np.asarray(p + d) for p, d in zip(self.params, delta))
-
-
-class _CoreRunner:
-    def __init__(self, inner: lc.InnerOptimizer, params: tuple[np.ndarray, ...],
-                 grads: list[np.ndarray]) -> None:
-        self.inner, self.params, self.grads = inner, params, grads
-        self.opt = lc.lookahead(inner, k=K, alpha=ALPHA)
-        self.state = self.opt.init(params)
-
-    def step(self) -> None:
-        self.params, self.state = self.opt.step(self.params, self.grads, self.state)
 
 
 def _sync_group(pset: ParamSet, host: list[np.ndarray], rounds: dict[str, Any],
@@ -117,22 +92,12 @@ def _sync_group(pset: ParamSet, host: list[np.ndarray], rounds: dict[str, Any],
 def _step_group(host: list[np.ndarray], grads: list[np.ndarray], inner_name: str,
                 rounds: dict[str, Any], rows: dict[str, Row]) -> Stats:
     """The adapter against the core's inner optimizer applied in place; returns the bare step, ms."""
-    bare = _InPlaceBare(INNERS[inner_name](), [a.copy() for a in host], grads)
+    bare = _InPlaceBare(CORE_INNERS[inner_name](), [a.copy() for a in host], grads)
     ours_params = [a.copy() for a in host]
-    ours = Lookahead(ours_params, INNERS[inner_name](), k=K, alpha=ALPHA)
+    ours = Lookahead(ours_params, CORE_INNERS[inner_name](), k=K, alpha=ALPHA)
     _, cycles = measure_steps("NumPy", {"bare": bare.step, OURS: lambda: ours.step(grads)},
                               {OURS: "bare"}, inner_name, rounds, rows)
     return Stats.of(cycles["bare"]).scaled(1e3 / K)
-
-
-def _core_step_group(host: list[np.ndarray], grads: list[np.ndarray], inner_name: str,
-                     rounds: dict[str, Any], rows: dict[str, Row]) -> None:
-    """The core's ``lookahead`` against its inner optimizer alone (new arrays every step)."""
-    bare = _CoreBare(INNERS[inner_name](), tuple(a.copy() for a in host), grads)
-    core = _CoreRunner(INNERS[inner_name](), tuple(a.copy() for a in host), grads)
-    core_rounds = {**rounds, "cycles": rounds["core_cycles"], "cycle_budget": None}
-    measure_steps("NumPy", {"core bare": bare.step, CORE: core.step}, {CORE: "core bare"},
-                  inner_name, core_rounds, rows)
 
 
 def run_numpy(pset: ParamSet, host: list[np.ndarray], grads_host: list[np.ndarray],
@@ -142,13 +107,14 @@ def run_numpy(pset: ParamSet, host: list[np.ndarray], grads_host: list[np.ndarra
     with phase("numpy syncs"):
         _sync_group(pset, host, rounds, result, rows)
     if rounds.get("numpy_steps", True):
-        for inner_name in INNERS:
+        for inner_name in CORE_INNERS:
             with phase(f"numpy steps, {inner_name}"):
                 result.bare_step_ms[f"NumPy {inner_name}"] = _step_group(
                     host, grads_host, inner_name, rounds, rows)
             if rounds.get("core_steps", True):
                 with phase(f"core on NumPy steps, {inner_name}"):
-                    _core_step_group(host, grads_host, inner_name, rounds, rows)
+                    core_step_group("NumPy", CORE, lambda: tuple(a.copy() for a in host), grads_host,
+                                    inner_name, rounds, rows)
     for name in (OURS, CORE):
         if not rows[name].amortized:
             rows[name].note += ("; " if rows[name].note else "") + (

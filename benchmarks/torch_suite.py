@@ -32,21 +32,14 @@ from lookahead_torch import Lookahead
 from .memory import state_bytes, torch_call_bytes
 from .results import Row, SetResult
 from .sets import ParamSet
-from .steps import K, NEVER, measure_steps, repeat
+from .steps import ALPHA, K, LR, NEVER, core_step_group, measure_steps, repeat
 from .timing import Stats, interleaved, phase
 
 __all__ = ["INNERS", "load_peers", "run_torch"]
 
-ALPHA = 0.5
-LR = 1e-4
-
 INNERS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
     "SGD-m": lambda ps: torch.optim.SGD(ps, lr=LR, momentum=0.9, foreach=True),
     "Adam": lambda ps: torch.optim.Adam(ps, lr=LR, foreach=True),
-}
-CORE_INNERS = {
-    "SGD-m": lambda: lc.sgd(lr=LR, momentum=0.9),
-    "Adam": lambda: lc.adam(lr=LR),
 }
 
 OURS = "lookahead_torch"
@@ -147,34 +140,6 @@ def _unblocked_sync(fast: list[torch.Tensor], slow: list[torch.Tensor]) -> Calla
     return run
 
 
-class _CoreRunner:
-    """The functional core on torch tensors, stepping its own tuple of parameters."""
-
-    def __init__(self, inner: lc.InnerOptimizer, params: tuple[torch.Tensor, ...],
-                 grads: tuple[torch.Tensor, ...]) -> None:
-        self.inner = inner
-        self.params = params
-        self.grads = grads
-        self.opt = lc.lookahead(inner, k=K, alpha=ALPHA)
-        self.state = self.opt.init(params)
-
-    def step(self) -> None:
-        self.params, self.state = self.opt.step(self.params, self.grads, self.state)
-
-
-class _CoreBare:
-    """The core's inner optimizer alone: ``θ ← θ + delta``, new arrays every step."""
-
-    def __init__(self, inner: lc.InnerOptimizer, params: tuple[torch.Tensor, ...],
-                 grads: tuple[torch.Tensor, ...]) -> None:
-        self.inner, self.params, self.grads = inner, params, grads
-        self.state = inner.init(params)
-
-    def step(self) -> None:
-        delta, self.state = self.inner.update(self.grads, self.state, self.params)
-        self.params = tuple(p + d for p, d in zip(self.params, delta))
-
-
 # --- the groups -------------------------------------------------------------------------
 
 
@@ -261,19 +226,6 @@ def _step_group(host: list[np.ndarray], grads_host: list[np.ndarray], peers: lis
             Stats.ratio(nonsync["bare (2nd copy)"], nonsync["bare"]))
 
 
-def _core_step_group(host: list[np.ndarray], grads_host: list[np.ndarray], inner_name: str,
-                     rounds: dict[str, Any], rows: dict[str, Row]) -> None:
-    """The functional core on torch tensors against its own inner optimizer alone."""
-    grads = tuple(torch.tensor(g) for g in grads_host)
-    bare = _CoreBare(CORE_INNERS[inner_name](), tuple(torch.tensor(a) for a in host),
-                     grads)
-    core = _CoreRunner(CORE_INNERS[inner_name](), tuple(torch.tensor(a) for a in host),
-                       grads)
-    core_rounds = {**rounds, "cycles": rounds["core_cycles"], "cycle_budget": None}
-    measure_steps("PyTorch", {"core bare": bare.step, CORE: core.step}, {CORE: "core bare"},
-                  inner_name, core_rounds, rows)
-
-
 def run_torch(pset: ParamSet, host: list[np.ndarray], grads_host: list[np.ndarray],
               rounds: dict[str, Any], result: SetResult) -> None:
     """All PyTorch rows of one parameter set, appended to ``result``."""
@@ -288,7 +240,8 @@ def run_torch(pset: ParamSet, host: list[np.ndarray], grads_host: list[np.ndarra
             _step_group(host, grads_host, peers, inner_name, rounds, result, rows)
         if rounds.get("core_steps", True):
             with phase(f"core on torch steps, {inner_name}"):
-                _core_step_group(host, grads_host, inner_name, rounds, rows)
+                core_step_group("PyTorch", CORE, lambda: tuple(torch.tensor(a) for a in host),
+                                tuple(torch.tensor(g) for g in grads_host), inner_name, rounds, rows)
     for name, row in rows.items():
         if not row.amortized and name != UNBLOCKED:
             row.note = "steps not measured on this set (memory and time): sync only"
