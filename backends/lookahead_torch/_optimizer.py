@@ -219,9 +219,7 @@ class Lookahead(torch.optim.Optimizer):
         if pullback != "none":
             _check_momentum_mapping(optimizer, pullback, key)
         for g, group in enumerate(optimizer.param_groups):
-            _check_group(f"optimizer.param_groups[{g}]", group, k, alpha)
-            if alpha_mode == "adaptive":
-                _check_adaptive_group(f"optimizer.param_groups[{g}]", group, alpha, alpha_min)
+            _check_group(f"optimizer.param_groups[{g}]", group, k, alpha, alpha_mode, alpha_min)
 
         # Plain attributes first: the property setters and add_param_group that
         # Optimizer.__init__ calls below read them.
@@ -382,9 +380,7 @@ class Lookahead(torch.optim.Optimizer):
         self._inner.add_param_group(param_group)
         added = self._inner.param_groups[-1]
         try:
-            _check_group(where, added, self._k, self._alpha)
-            if self._alpha_mode == "adaptive":
-                _check_adaptive_group(where, added, self._alpha, self._alpha_min)
+            _check_group(where, added, self._k, self._alpha, self._alpha_mode, self._alpha_min)
             self._adopt_group(added)
         except BaseException:
             self._inner.param_groups.pop()
@@ -454,9 +450,9 @@ class Lookahead(torch.optim.Optimizer):
             slots.params = params
         for g in range(len(self._slots), len(groups)):
             # Added with inner.add_param_group: no step has touched it yet, so φ₀ = θ now.
-            _check_group(f"param_groups[{g}]", groups[g], self._k, self._alpha)
-            if self._alpha_mode == "adaptive":
-                _check_adaptive_group(f"param_groups[{g}]", groups[g], self._alpha, self._alpha_min)
+            _check_group(
+                f"param_groups[{g}]", groups[g], self._k, self._alpha, self._alpha_mode, self._alpha_min
+            )
             self._adopt_group(groups[g])
 
     def _adopt_replaced_params(self, g: int, params: list[Any]) -> None:
@@ -1400,8 +1396,15 @@ def _check_momentum_mapping(optimizer: torch.optim.Optimizer, pullback: str, key
         )
 
 
-def _check_group(where: str, group: Mapping[str, Any], k: int, alpha: float) -> None:
-    check_group_settings(where, group, k, alpha)
+def _check_group(
+    where: str, group: Mapping[str, Any], k: int, alpha: float, alpha_mode: str, alpha_min: float
+) -> None:
+    """A group Lookahead can adopt: its settings, its parameters, and in adaptive mode a
+    fallback α in ``[alpha_min, 1]`` and real, non-DTensor parameters."""
+    _, group_alpha_ = check_group_settings(where, group, k, alpha)
+    adaptive = alpha_mode == "adaptive"
+    if adaptive:
+        check_fallback(f"{where}['lookahead_alpha']", group_alpha_, alpha_min)
     seen: set[int] = set()
     for i, param in enumerate(group["params"]):
         check_param(f"{where}['params'][{i}]", param)
@@ -1410,6 +1413,8 @@ def _check_group(where: str, group: Mapping[str, Any], k: int, alpha: float) -> 
                 f"{where}['params'][{i}] appears twice in the group; Lookahead would sync it twice"
             )
         seen.add(id(param))
+        if adaptive:
+            _check_adaptive_param(f"{where}['params'][{i}]", param)
 
 
 def _check_adaptive_param(where: str, param: torch.Tensor) -> None:
@@ -1421,13 +1426,6 @@ def _check_adaptive_param(where: str, param: torch.Tensor) -> None:
         )
     if param.is_complex():
         raise ValueError(f"{where} is complex: alpha_mode='adaptive' needs real parameters")
-
-
-def _check_adaptive_group(where: str, group: Mapping[str, Any], alpha: float, alpha_min: float) -> None:
-    """Adaptive mode: real, non-DTensor parameters and a fallback α in ``[alpha_min, 1]``."""
-    check_fallback(f"{where}['lookahead_alpha']", group_alpha(where, group, alpha), alpha_min)
-    for i, param in enumerate(group["params"]):
-        _check_adaptive_param(f"{where}['params'][{i}]", param)
 
 
 def _checked_last_alpha(where: str, saved: Mapping[str, Any], alpha_min: float) -> float | None:
