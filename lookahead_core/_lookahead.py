@@ -125,6 +125,25 @@ def _copy(xp: Any, x: Array) -> Array:
     return xp.asarray(x, copy=True)
 
 
+def check_state(params: Sequence[Array], state: Any, state_type: type, hint: str = "") -> None:
+    """``state`` must be a ``state_type`` whose slow weights match ``params`` (else raise)."""
+    if not isinstance(state, state_type):
+        article = "an" if state_type.__name__[0] in "AEIOU" else "a"
+        raise TypeError(
+            f"state must be {article} {state_type.__name__}{hint}, got {type(state).__name__}"
+        )
+    check_matching("params", params, "state.slow", state.slow)
+
+
+def inner_step(
+    xp: Any, inner: InnerOptimizer, params: Sequence[Array], grads: Sequence[Array], inner_state: Any
+) -> tuple[Arrays, Any]:
+    """One step of the inner optimizer (eq. 0.2): ``(θ + delta, new inner state)``."""
+    delta, inner_state = inner.update(grads, inner_state, params)
+    # asarray: NumPy turns 0-d arithmetic into scalars; arrays in, arrays out.
+    return tuple(xp.asarray(p + d) for p, d in zip(params, delta)), inner_state
+
+
 def sync_slow(
     fast: Sequence[Array], slow: Sequence[Array], alpha: float
 ) -> tuple[Arrays, Arrays]:
@@ -208,19 +227,12 @@ def lookahead(
         xp, params = check_arrays("params", params)
         return LookaheadState(tuple(_copy(xp, p) for p in params), inner.init(params), 0)
 
-    def _check_state(params: Sequence[Array], state: LookaheadState) -> None:
-        if not isinstance(state, LookaheadState):
-            raise TypeError(f"state must be a LookaheadState, got {type(state).__name__}")
-        check_matching("params", params, "state.slow", state.slow)
-
     def step(
         params: Sequence[Array], grads: Sequence[Array], state: LookaheadState
     ) -> tuple[Arrays, LookaheadState]:
         xp, params = check_arrays("params", params)
-        _check_state(params, state)
-        delta, inner_state = inner.update(grads, state.inner, params)
-        # asarray: NumPy turns 0-d arithmetic into scalars; arrays in, arrays out.
-        fast = tuple(xp.asarray(p + d) for p, d in zip(params, delta))
+        check_state(params, state, LookaheadState)
+        fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
         count = state.count + 1
         if count < k:
             return fast, LookaheadState(state.slow, inner_state, count)
@@ -229,7 +241,7 @@ def lookahead(
 
     def sync(params: Sequence[Array], state: LookaheadState) -> tuple[Arrays, LookaheadState]:
         _, params = check_arrays("params", params)
-        _check_state(params, state)
+        check_state(params, state, LookaheadState)
         fast, slow = sync_slow(params, state.slow, alpha)
         return fast, LookaheadState(slow, state.inner, 0)
 
@@ -259,19 +271,11 @@ def _adaptive_lookahead(
             None,
         )
 
-    def _check_state(params: Sequence[Array], state: AdaptiveLookaheadState) -> None:
-        if not isinstance(state, AdaptiveLookaheadState):
-            raise TypeError(
-                "state must be an AdaptiveLookaheadState (alpha_mode='adaptive'), "
-                f"got {type(state).__name__}"
-            )
-        check_matching("params", params, "state.slow", state.slow)
-
     def step(
         params: Sequence[Array], grads: Sequence[Array], state: AdaptiveLookaheadState
     ) -> tuple[Arrays, AdaptiveLookaheadState]:
         xp, params = check_arrays("params", params)
-        _check_state(params, state)
+        check_state(params, state, AdaptiveLookaheadState, " (alpha_mode='adaptive')")
         if state.count == k:
             # grads = ∇L(θ_{t,k}): estimate α* (eq. 0.3) and sync; no inner step.
             numerator, denominator = secant_alpha_terms(
@@ -282,8 +286,7 @@ def _adaptive_lookahead(
             return fast, AdaptiveLookaheadState(
                 slow, state.inner, 0, state.start_grads, step_alpha
             )
-        delta, inner_state = inner.update(grads, state.inner, params)
-        fast = tuple(xp.asarray(p + d) for p, d in zip(params, delta))
+        fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
         # First step of a cycle: params = θ_{t,0} = φ, grads = ∇L(θ_{t,0}).
         start_grads = (
             tuple(_copy(xp, g) for g in grads) if state.count == 0 else state.start_grads
@@ -296,7 +299,7 @@ def _adaptive_lookahead(
         params: Sequence[Array], state: AdaptiveLookaheadState
     ) -> tuple[Arrays, AdaptiveLookaheadState]:
         _, params = check_arrays("params", params)
-        _check_state(params, state)
+        check_state(params, state, AdaptiveLookaheadState, " (alpha_mode='adaptive')")
         fast, slow = sync_slow(params, state.slow, alpha)
         return fast, AdaptiveLookaheadState(slow, state.inner, 0, state.start_grads, alpha)
 

@@ -37,8 +37,8 @@ from typing import Any, NamedTuple
 import array_api_compat
 
 from ._inner import InnerOptimizer, check_inner
-from ._lookahead import Lookahead, sync_slow
-from ._validation import check_alpha, check_arrays, check_k, check_matching
+from ._lookahead import Lookahead, check_state, inner_step, sync_slow
+from ._validation import check_alpha, check_arrays, check_k
 
 __all__ = ["Cond", "TraceableLookaheadState", "lookahead", "python_cond"]
 
@@ -110,13 +110,6 @@ def lookahead(
             tuple(xp.asarray(p, copy=True) for p in params), inner.init(params), count
         )
 
-    def _check_state(params: Sequence[Array], state: TraceableLookaheadState) -> None:
-        if not isinstance(state, TraceableLookaheadState):
-            raise TypeError(
-                f"state must be a TraceableLookaheadState, got {type(state).__name__}"
-            )
-        check_matching("params", params, "state.slow", state.slow)
-
     def _sync(fast: Arrays, slow: Arrays, count: Array) -> tuple[Arrays, Arrays, Array]:
         new_fast, new_slow = sync_slow(fast, slow, alpha)
         xp = array_api_compat.array_namespace(count)
@@ -129,9 +122,8 @@ def lookahead(
         params: Sequence[Array], grads: Sequence[Array], state: TraceableLookaheadState
     ) -> tuple[Arrays, TraceableLookaheadState]:
         xp, params = check_arrays("params", params)
-        _check_state(params, state)
-        delta, inner_state = inner.update(grads, state.inner, params)
-        fast = tuple(xp.asarray(p + d) for p, d in zip(params, delta))
+        check_state(params, state, TraceableLookaheadState)
+        fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
         count = xp.asarray(state.count + 1)  # NumPy: 0-d + int is a scalar, keep an array
         fast, slow, count = cond(count == k, _sync, _keep, fast, tuple(state.slow), count)
         return tuple(fast), TraceableLookaheadState(tuple(slow), inner_state, count)
@@ -140,7 +132,7 @@ def lookahead(
         params: Sequence[Array], state: TraceableLookaheadState
     ) -> tuple[Arrays, TraceableLookaheadState]:
         _, params = check_arrays("params", params)
-        _check_state(params, state)
+        check_state(params, state, TraceableLookaheadState)
         fast, slow, count = _sync(params, tuple(state.slow), state.count)
         return fast, TraceableLookaheadState(slow, state.inner, count)
 
