@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .memory import jax_call_bytes, state_bytes
-from .results import Row, SetResult
+from .results import JAX_OURS, OPTAX, Row, SetResult, optax_key
 from .sets import ParamSet
 from .steps import ALPHA, K, LR, measure_steps
 from .timing import Stats, interleaved, phase
@@ -30,8 +30,7 @@ from .timing import Stats, interleaved, phase
 __all__ = ["run_jax"]
 
 
-OURS = "core traceable (jit)"
-OPTAX = "optax.lookahead"
+OURS = JAX_OURS
 
 
 class _Runner:
@@ -103,7 +102,7 @@ def _step_group(host: list[np.ndarray], grads_host: list[np.ndarray], inner_name
     _, cycles = measure_steps("JAX", {name: runner.one for name, runner in runners.items()},
                               {OURS: "bare", OPTAX: "bare"}, inner_name, rounds, rows)
     rows[OPTAX].note = "no separate sync: every step computes the interpolation and masks it"
-    result.comparisons[f"JAX: {OPTAX} ÷ {OURS}, {inner_name}"] = Stats.ratio(
+    result.comparisons[optax_key(inner_name)] = Stats.ratio(
         cycles[OPTAX], cycles[OURS])
     result.bare_step_ms[f"JAX {inner_name}"] = Stats.of(cycles["bare"]).scaled(1e3 / K)
     if inner_name == "SGD-m":

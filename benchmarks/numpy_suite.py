@@ -21,7 +21,7 @@ from lookahead_numpy import Lookahead
 from lookahead_numpy import _blocks
 
 from .memory import numpy_call_bytes, state_bytes
-from .results import Row, SetResult
+from .results import NUMPY_OURS, Row, SetResult, sync_ratio_key
 from .sets import ParamSet
 from .steps import ALPHA, CORE_INNERS, K, LR, core_step_group, measure_steps
 from .timing import Stats, interleaved, phase
@@ -29,7 +29,7 @@ from .timing import Stats, interleaved, phase
 __all__ = ["run_numpy"]
 
 
-OURS = "lookahead_numpy"
+OURS = NUMPY_OURS
 SCRATCH = "lookahead_numpy, scratch kernel (before)"
 CORE = "core on NumPy"
 
@@ -74,7 +74,7 @@ def _sync_group(pset: ParamSet, host: list[np.ndarray], rounds: dict[str, Any],
     result.copy_gbs.setdefault(
         "np.copyto (NumPy group)",
         Stats.of([4 * pset.nbytes / t / 1e9 for t in times["np.copyto"]]))
-    result.comparisons[f"NumPy: {SCRATCH} ÷ {OURS} (sync time)"] = Stats.ratio(
+    result.comparisons[sync_ratio_key("NumPy", SCRATCH, OURS)] = Stats.ratio(
         times[SCRATCH], times[OURS])
     for name in (OURS, SCRATCH, CORE):
         row = rows.setdefault(name, Row("NumPy", name))

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from .results import Row, SetResult
+from .results import (
+    JAX_OURS,
+    NUMPY_OURS,
+    PEER_NAMES,
+    TORCH_OURS,
+    UNBLOCKED,
+    Row,
+    SetResult,
+    noise_key,
+    optax_key,
+    sync_ratio_key,
+)
+from .steps import K
 from .timing import Stats
 
 __all__ = ["fmt_bytes", "markdown", "plot", "targets"]
@@ -70,8 +82,7 @@ def set_markdown(result: SetResult) -> str:
     return "\n\n".join(parts)
 
 
-FLOOR_BACKENDS = {"PyTorch": "lookahead_torch", "NumPy": "lookahead_numpy",
-                  "JAX": "core traceable (jit)"}
+FLOOR_BACKENDS = {"PyTorch": TORCH_OURS, "NumPy": NUMPY_OURS, "JAX": JAX_OURS}
 
 
 def floors_markdown(results: Sequence[SetResult]) -> str:
@@ -91,8 +102,8 @@ def floors_markdown(results: Sequence[SetResult]) -> str:
             if row is None or row.sync_ms is None or copy is None:
                 continue
             measured = row.amortized.get(inner)
-            predicted = 1 + row.sync_ms.median / (5 * step.median)
-            floor = 1 + copy.median / (5 * step.median)
+            predicted = 1 + row.sync_ms.median / (K * step.median)
+            floor = 1 + copy.median / (K * step.median)
             lines.append([result.pset.name, library, inner, f"{step.median:.1f}",
                           f"{row.sync_ms.median:.1f}", f"{predicted:.3f}",
                           "—" if measured is None else measured.fmt(),
@@ -162,25 +173,24 @@ def targets(results: Sequence[SetResult], overhead: dict[str, Stats] | None) -> 
         rows.append([target, "not measured" if stats is None else stats.fmt(digits),
                      "n/a" if ok is None else ("yes" if ok else "**no**")])
 
-    torch_large = _find(results, "large", "lookahead_torch")
+    torch_large = _find(results, "large", TORCH_OURS)
     if torch_large:
         eff = torch_large.efficiency
         add("PyTorch adapter: sync efficiency ≥ 0.75 (large)", eff,
             eff is not None and eff.median >= 0.75)
-    speed = _comparison(results, "large",
-                        "PyTorch: torch _foreach_lerp_ + _foreach_copy_ ÷ lookahead_torch (sync time)")
+    speed = _comparison(results, "large", sync_ratio_key("PyTorch", UNBLOCKED, TORCH_OURS))
     if speed:
         add("PyTorch adapter: ≥ 1.5 × faster than _foreach_lerp_ + _foreach_copy_ (large)",
             speed, speed.median >= 1.5)
     for name in names:
         result = next(r for r in results if r.pset.name == name)
-        for key, stats in result.comparisons.items():
-            if key.startswith("PyTorch: ") and key.endswith("(sync time)") and "_foreach" not in key:
-                peer = key.removeprefix("PyTorch: ").split(" ÷ ")[0]
+        for peer in PEER_NAMES:
+            stats = result.comparisons.get(sync_ratio_key("PyTorch", peer, TORCH_OURS))
+            if stats is not None:
                 add(f"PyTorch adapter faster than {peer} at sync ({name}), ratio > 1",
                     stats, stats.median > 1.0)
     for name in names:
-        row = _find(results, name, "lookahead_torch")
+        row = _find(results, name, TORCH_OURS)
         if row is None:
             continue
         for inner, bound in (("SGD-m", 1.10), ("Adam", 1.03)):
@@ -190,7 +200,7 @@ def targets(results: Sequence[SetResult], overhead: dict[str, Stats] | None) -> 
                     stats, stats.median <= bound)
         for inner in INNER_NAMES:
             stats = row.nonsync.get(inner)
-            floor = _comparison(results, name, f"PyTorch: bare (2nd copy) ÷ bare, non-sync {inner}")
+            floor = _comparison(results, name, noise_key(inner))
             if stats is not None and floor is not None:
                 add(f"PyTorch adapter: non-sync step within noise of bare {inner} ({name}); "
                     f"noise: bare ÷ bare = {floor.fmt()}",
@@ -200,7 +210,7 @@ def targets(results: Sequence[SetResult], overhead: dict[str, Stats] | None) -> 
         rows.append([f"PyTorch adapter: state exactly one parameter copy ({name})",
                      "—" if row.extra_state is None else f"{row.extra_state:.4f} × P",
                      _check(row.extra_state, row.extra_state == 1.0)])
-    numpy_large = _find(results, "large", "lookahead_numpy")
+    numpy_large = _find(results, "large", NUMPY_OURS)
     if numpy_large:
         eff = numpy_large.efficiency
         add("NumPy adapter: sync efficiency ≥ 0.65 (large)", eff,
@@ -209,7 +219,7 @@ def targets(results: Sequence[SetResult], overhead: dict[str, Stats] | None) -> 
                      "Python objects included)", fmt_bytes(numpy_large.sync_alloc),
                      _check(numpy_large.sync_alloc, (numpy_large.sync_alloc or 0) < 8192)])
     for name in names:
-        row = _find(results, name, "core traceable (jit)")
+        row = _find(results, name, JAX_OURS)
         if row is None or not row.amortized:
             continue
         for inner in INNER_NAMES:
@@ -219,12 +229,12 @@ def targets(results: Sequence[SetResult], overhead: dict[str, Stats] | None) -> 
                     stats, stats.median <= 1.25)
         result = next(r for r in results if r.pset.name == name)
         for inner in INNER_NAMES:
-            ratio = result.comparisons.get(f"JAX: optax.lookahead ÷ core traceable (jit), {inner}")
+            ratio = result.comparisons.get(optax_key(inner))
             if ratio is not None:
                 add(f"core on JAX (jit): ≥ 2 × faster than optax.lookahead, {inner} ({name})",
                     ratio, ratio.median >= 2.0)
-    if overhead is not None and "lookahead_torch" in overhead:
-        stats = overhead["lookahead_torch"]
+    if overhead is not None and TORCH_OURS in overhead:
+        stats = overhead[TORCH_OURS]
         add("PyTorch adapter: Python overhead per non-sync step ≤ 15 µs (200 small tensors)",
             stats, stats.median <= 15.0, digits=1)
     return rows

@@ -7,7 +7,34 @@ from dataclasses import dataclass, field
 from .sets import ParamSet
 from .timing import Stats
 
-__all__ = ["Row", "SetResult"]
+__all__ = [
+    "JAX_OURS", "NUMPY_OURS", "OPTAX", "PEER_NAMES", "TORCH_OURS", "UNBLOCKED",
+    "Row", "SetResult", "noise_key", "optax_key", "sync_ratio_key",
+]
+
+# Row labels the suites write and the targets table reads: defined once, here.
+TORCH_OURS = "lookahead_torch"
+NUMPY_OURS = "lookahead_numpy"
+JAX_OURS = "core traceable (jit)"
+UNBLOCKED = "torch _foreach_lerp_ + _foreach_copy_"
+OPTAX = "optax.lookahead"
+PEER_NAMES = ("timm", "torch-optimizer", "pytorch_optimizer")
+"""The PyTorch peers, in the order their rows appear."""
+
+
+def sync_ratio_key(library: str, other: str, ours: str) -> str:
+    """Key of the side-by-side ratio ``other``'s sync time ÷ ``ours``."""
+    return f"{library}: {other} ÷ {ours} (sync time)"
+
+
+def noise_key(inner: str) -> str:
+    """Key of the second bare optimizer ÷ the first, non-sync steps (the noise floor)."""
+    return f"PyTorch: bare (2nd copy) ÷ bare, non-sync {inner}"
+
+
+def optax_key(inner: str) -> str:
+    """Key of optax.lookahead's step time ÷ the traceable core's."""
+    return f"JAX: {OPTAX} ÷ {JAX_OURS}, {inner}"
 
 
 @dataclass

@@ -30,7 +30,7 @@ import lookahead_core as lc
 from lookahead_torch import Lookahead
 
 from .memory import state_bytes, torch_call_bytes
-from .results import Row, SetResult
+from .results import PEER_NAMES, TORCH_OURS, UNBLOCKED, Row, SetResult, noise_key, sync_ratio_key
 from .sets import ParamSet
 from .steps import ALPHA, K, LR, NEVER, core_step_group, measure_steps, repeat
 from .timing import Stats, interleaved, phase
@@ -42,9 +42,8 @@ INNERS: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]] = {
     "Adam": lambda ps: torch.optim.Adam(ps, lr=LR, foreach=True),
 }
 
-OURS = "lookahead_torch"
+OURS = TORCH_OURS
 CORE = "core on torch"
-UNBLOCKED = "torch _foreach_lerp_ + _foreach_copy_"
 
 
 # --- peers ------------------------------------------------------------------------------
@@ -88,7 +87,7 @@ def load_peers() -> tuple[list[Peer], dict[str, str]]:
     peers, missing = [], {}
     try:
         timm_lookahead = _timm_class()
-        peers.append(Peer("timm", lambda inner: timm_lookahead(inner, alpha=ALPHA, k=K),
+        peers.append(Peer(PEER_NAMES[0], lambda inner: timm_lookahead(inner, alpha=ALPHA, k=K),
                           _set_group_k("lookahead_k"), lambda opt: opt.sync_lookahead()))
     except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
         missing["timm"] = f"{type(exc).__name__}: {exc}"
@@ -99,7 +98,7 @@ def load_peers() -> tuple[list[Peer], dict[str, str]]:
             for group in opt.param_groups:
                 opt._update(group)
 
-        peers.append(Peer("torch-optimizer",
+        peers.append(Peer(PEER_NAMES[1],
                           lambda inner: torch_optimizer.Lookahead(inner, k=K, alpha=ALPHA),
                           _set_attr_k, torch_optimizer_sync))
     except Exception as exc:  # noqa: BLE001
@@ -111,7 +110,7 @@ def load_peers() -> tuple[list[Peer], dict[str, str]]:
             for group in opt.param_groups:
                 opt.update(group)
 
-        peers.append(Peer("pytorch_optimizer",
+        peers.append(Peer(PEER_NAMES[2],
                           lambda inner: pytorch_optimizer.Lookahead(inner, k=K, alpha=ALPHA),
                           _set_attr_k, pytorch_optimizer_sync))
     except Exception as exc:  # noqa: BLE001
@@ -178,10 +177,10 @@ def _sync_group(pset: ParamSet, host: list[np.ndarray], peers: list[Peer],
     result.copy_ms["PyTorch"] = Stats.of(copy_times).scaled(1e3)
     result.copy_gbs["np.copyto"] = Stats.of([moved / t / 1e9 for t in times["np.copyto"]])
     result.copy_gbs["torch copy_"] = Stats.of([moved / t / 1e9 for t in times["torch copy_"]])
-    result.comparisons[f"PyTorch: {UNBLOCKED} ÷ {OURS} (sync time)"] = Stats.ratio(
+    result.comparisons[sync_ratio_key("PyTorch", UNBLOCKED, OURS)] = Stats.ratio(
         times[UNBLOCKED], times[OURS])
     for peer in peers:
-        result.comparisons[f"PyTorch: {peer.name} ÷ {OURS} (sync time)"] = Stats.ratio(
+        result.comparisons[sync_ratio_key("PyTorch", peer.name, OURS)] = Stats.ratio(
             times[peer.name], times[OURS])
 
     skip = [*params, *(p.grad for p in params)]
@@ -222,7 +221,7 @@ def _step_group(host: list[np.ndarray], grads_host: list[np.ndarray], peers: lis
                                inner_name, rounds, rows)
     result.bare_step_ms[f"PyTorch {inner_name}"] = Stats.of(cycles["bare"]).scaled(1e3 / K)
     if "bare (2nd copy)" in nonsync:
-        result.comparisons[f"PyTorch: bare (2nd copy) ÷ bare, non-sync {inner_name}"] = (
+        result.comparisons[noise_key(inner_name)] = (
             Stats.ratio(nonsync["bare (2nd copy)"], nonsync["bare"]))
 
 
