@@ -1300,17 +1300,8 @@ class Lookahead(torch.optim.Optimizer):
         self._rollbacks = state["rollbacks"]
         self._swapped = None
         self._scratch = _kernels.make_scratch(*self._all_local_pairs())
-        # What Optimizer.__init__ would have set up.
-        for name in (
-            "_optimizer_step_pre_hooks",
-            "_optimizer_step_post_hooks",
-            "_optimizer_state_dict_pre_hooks",
-            "_optimizer_state_dict_post_hooks",
-            "_optimizer_load_state_dict_pre_hooks",
-            "_optimizer_load_state_dict_post_hooks",
-        ):
-            setattr(self, name, _ordered_dict())
-        self._patch_step_function()
+        # torch's own: empty hook registries (hooks are not pickled) and the step wrapper.
+        super().__setstate__({})
         self._warned_capturable_if_run_uncaptured = True
 
     # -- memory accounting ----------------------------------------------------------------
@@ -1371,12 +1362,6 @@ def _buffer_for(current: torch.Tensor, param: torch.Tensor, dtype: torch.dtype) 
     ):
         return current
     return torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)
-
-
-def _ordered_dict() -> Any:
-    from collections import OrderedDict
-
-    return OrderedDict()
 
 
 def _check_momentum_mapping(optimizer: torch.optim.Optimizer, pullback: str, key: str | None) -> None:
