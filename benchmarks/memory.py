@@ -15,14 +15,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import sys
+import tempfile
 import tracemalloc
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["jax_call_bytes", "numpy_call_bytes", "state_bytes", "torch_call_bytes"]
+__all__ = ["jax_call_bytes", "numpy_call_bytes", "profiler_markers_filtered", "state_bytes",
+           "torch_call_bytes"]
 
 _OPAQUE = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.ModuleType,
            type, str, bytes, int, float, bool, complex, type(None))
@@ -82,11 +88,54 @@ def state_bytes(root: Any, skip: Iterable[Any] = ()) -> int:
     return total
 
 
+# What kineto (PyTorch's profiler library, C++) writes to stderr at every start and stop
+# of a profile, e.g. "USDT:2026-01-02 10:11:12 123:123 SyncActivityProfilerHandler.cpp:52]
+# profiler_start": markers for a USDT probe collector, not messages for a reader.
+PROFILER_MARKER = re.compile(rb"^USDT:[^\n]*\] profiler_(?:start|stop)\s*$")
+
+
+def without_profiler_markers(text: bytes) -> bytes:
+    """``text`` less its kineto ``profiler_start`` / ``profiler_stop`` marker lines."""
+    return b"".join(line for line in text.splitlines(keepends=True)
+                    if not PROFILER_MARKER.match(line))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:  # os.write may write part of a large buffer
+        data = data[os.write(fd, data):]
+
+
+@contextlib.contextmanager
+def profiler_markers_filtered() -> Iterator[None]:
+    """Within the block, stderr (file descriptor 2) reaches the terminal less kineto's markers.
+
+    No KINETO_LOG_LEVEL silences the markers alone: their level (USDT, 5) lies above
+    ERROR (4), so a threshold high enough to drop them drops the errors too. Instead the
+    C++ writes are caught at the file descriptor, and every other line (an error, a
+    warning, Python's own stderr) is written back when the block ends, even on an exception.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                caught.seek(0)
+                _write_all(2, without_profiler_markers(caught.read()))
+    finally:
+        os.close(saved)
+
+
 def torch_call_bytes(fn: Callable[[], object]) -> int:
     """Bytes the PyTorch operators inside ``fn()`` allocate (CPU), by the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profiler_markers_filtered(), \
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     return sum(max(0, event.self_cpu_memory_usage) for event in prof.events())
 
