@@ -10,7 +10,14 @@ it works on NumPy, array-api-strict, PyTorch, JAX and CuPy arrays through
 >>> params = [np.ones(3)]
 >>> state = opt.init(params)
 >>> params, state = opt.step(params, [np.ones(3)], state)
+
+Two submodules load on first use, ``lc.theory`` (the paper's analysis, on
+NumPy) and ``lc.traceable`` (Lookahead for ``jax.jit`` and other tracing
+compilers), so that ``import lookahead_core`` keeps that promise.
 """
+
+import importlib
+from typing import Any
 
 from ._inner import AdamState, InnerOptimizer, SGDState, adam, adamw, check_inner, lerp, sgd
 from ._lookahead import (
@@ -26,7 +33,6 @@ from ._lookahead import (
     sync_slow,
 )
 from ._validation import check_alpha, check_arrays, check_k, check_matching
-from . import theory
 
 __all__ = [
     "ALPHA_MODES",
@@ -52,6 +58,24 @@ __all__ = [
     "sgd",
     "sync_slow",
     "theory",
+    "traceable",
 ]
+
+_LAZY_SUBMODULES = ("theory", "traceable")
+
+
+def __getattr__(name: str) -> Any:
+    """``lc.theory`` and ``lc.traceable``, imported on first access (PEP 562).
+
+    ``theory`` imports NumPy; importing it eagerly would load NumPy with the
+    core. After the first access the submodule is an ordinary attribute.
+    """
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __version__ = "0.1.0"
