@@ -10,11 +10,19 @@ The arithmetic follows ``torch.optim``'s single-tensor code path operation by
 operation, so float64 trajectories agree with PyTorch to ~1e-12 relative.
 Hyperparameters are coerced to Python floats at construction (see the algorithm page), so
 they never change an array's dtype.
+
+The step count is a Python ``int`` in eager use. A tracing compiler turns it
+into a 0-d integer array (``jax.jit`` does so with every ``int`` in its
+arguments); the optimizers then branch with array operations (``where``,
+array powers for Adam's bias corrections) instead of Python ``if`` and
+``math``, so they can be compiled, e.g. inside
+`lookahead_core.traceable.lookahead`. The eager ``int`` path is unchanged.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -68,7 +76,8 @@ class SGDState(NamedTuple):
     """State of `sgd`.
 
     Attributes:
-        step: number of updates taken so far (Python int).
+        step: number of updates taken so far: a Python int, or a 0-d
+            integer array when traced (see the module's docstring).
         momentum_buffer: one buffer per parameter, or ``None`` without momentum.
     """
 
@@ -80,7 +89,8 @@ class AdamState(NamedTuple):
     """State of `adam` and `adamw` (PyTorch's names).
 
     Attributes:
-        step: number of updates taken so far (Python int; bias corrections use it).
+        step: number of updates taken so far (bias corrections use it): a
+            Python int, or a 0-d integer array when traced.
         exp_avg: first-moment estimates m.
         exp_avg_sq: second-moment estimates v.
         max_exp_avg_sq: running maxima of v with ``amsgrad``, else ``None``.
@@ -121,6 +131,11 @@ def _check_step_inputs(grads: Sequence[Array], params: Sequence[Array]) -> Any:
 
 def _zeros_like(xp: Any, params: Sequence[Array]) -> Arrays:
     return tuple(xp.zeros_like(p) for p in params)
+
+
+def _is_concrete_count(step: Any) -> bool:
+    """A step count Python can branch on (an ``int``), not an array a compiler traces."""
+    return isinstance(step, numbers.Integral)
 
 
 def sgd(
@@ -167,16 +182,21 @@ def sgd(
         grads: Sequence[Array], state: SGDState, params: Sequence[Array]
     ) -> tuple[Arrays, SGDState]:
         xp = _check_step_inputs(grads, params)
+        concrete = _is_concrete_count(state.step)
         first = state.step == 0
         deltas, buffers = [], []
         for i, (g, p) in enumerate(zip(grads, params)):
             if weight_decay != 0.0:
                 g = g + weight_decay * p
             if momentum > 0.0:
-                if first:
+                if concrete and first:
                     b = _copy(g)
-                else:
+                elif concrete:
                     b = xp.asarray(momentum * state.momentum_buffer[i] + (1.0 - dampening) * g)
+                else:  # traced count: both branches as arrays, chosen per element
+                    b = xp.where(
+                        first, g, momentum * state.momentum_buffer[i] + (1.0 - dampening) * g
+                    )
                 buffers.append(b)
                 g = g + momentum * b if nesterov else b
             deltas.append(xp.asarray(-lr * g))
@@ -195,6 +215,18 @@ def sgd(
 def _copy(x: Array) -> Array:
     xp = array_api_compat.array_namespace(x)
     return xp.asarray(x, copy=True)
+
+
+def _adam_scalars(
+    lr: float, beta1: float, beta2: float, step: Any, sqrt: Callable[[Any], Any] = math.sqrt
+) -> tuple[Any, Any]:
+    """Adam's step size ``lr / (1 − β₁ˢ)`` and ``√(1 − β₂ˢ)`` at step count s.
+
+    Python floats for an ``int`` s (torch.optim.Adam's single-tensor path), 0-d
+    arrays for an array s (then ``sqrt`` is the namespace's).
+    """
+    bias_correction1 = 1.0 - beta1**step
+    return lr / bias_correction1, sqrt(1.0 - beta2**step)
 
 
 def _adam_family(
@@ -230,11 +262,13 @@ def _adam_family(
     ) -> tuple[Arrays, AdamState]:
         xp = _check_step_inputs(grads, params)
         step = state.step + 1
-        bias_correction1 = 1.0 - beta1**step
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-        step_size = lr / bias_correction1
+        if _is_concrete_count(step):
+            step_size, bias_correction2_sqrt = _adam_scalars(lr, beta1, beta2, step)
         deltas, ms, vs, vmaxs = [], [], [], []
         for i, (g, p) in enumerate(zip(grads, params)):
+            if not _is_concrete_count(step):  # traced: 0-d arrays in the parameter's dtype
+                step_size, bias_correction2_sqrt = _adam_scalars(
+                    lr, beta1, beta2, xp.astype(step, p.dtype), xp.sqrt)
             if weight_decay != 0.0 and not decoupled:
                 g = g + weight_decay * p
             m = _lerp(xp, state.exp_avg[i], g, 1.0 - beta1)

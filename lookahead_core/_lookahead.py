@@ -135,6 +135,22 @@ def check_state(params: Sequence[Array], state: Any, state_type: type, hint: str
     check_matching("params", params, "state.slow", state.slow)
 
 
+def _check_python_count(count: Any) -> None:
+    """``count`` must be an int: this Lookahead decides in Python when to sync.
+
+    Under ``jax.jit`` (any tracing compiler) the count arrives as a traced
+    array whose value is unknown while tracing; say where the traceable
+    variant is instead of letting the compiler fail on ``if``.
+    """
+    if not isinstance(count, numbers.Integral):
+        raise TypeError(
+            "state.count must be a Python int (lookahead_core.lookahead decides in Python "
+            f"when to sync), got {type(count).__name__}; to compile the step with jax.jit or "
+            "another tracing compiler use lookahead_core.traceable.lookahead(inner, k, alpha, "
+            "cond=jax.lax.cond)"
+        )
+
+
 def inner_step(
     xp: Any, inner: InnerOptimizer, params: Sequence[Array], grads: Sequence[Array], inner_state: Any
 ) -> tuple[Arrays, Any]:
@@ -232,6 +248,7 @@ def lookahead(
     ) -> tuple[Arrays, LookaheadState]:
         xp, params = check_arrays("params", params)
         check_state(params, state, LookaheadState)
+        _check_python_count(state.count)
         fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
         count = state.count + 1
         if count < k:
@@ -276,6 +293,7 @@ def _adaptive_lookahead(
     ) -> tuple[Arrays, AdaptiveLookaheadState]:
         xp, params = check_arrays("params", params)
         check_state(params, state, AdaptiveLookaheadState, " (alpha_mode='adaptive')")
+        _check_python_count(state.count)
         if state.count == k:
             # grads = ∇L(θ_{t,k}): estimate α* (eq. 0.3) and sync; no inner step.
             numerator, denominator = secant_alpha_terms(

@@ -21,9 +21,9 @@ function usable eagerly on any Array API library; its results are bit for bit
 those of `lookahead_core.lookahead` (``tests/test_fastpaths.py``).
 
 The inner optimizer must be traceable too. This module imports no framework;
-`lookahead_core.sgd` without momentum traces as it is, while ``lookahead_core.sgd``
-with momentum and ``lookahead_core.adam`` branch on their Python step count.
-A traceable optimizer with the same ``update(grads, state, params) -> (delta,
+the core's `lookahead_core.sgd`, `lookahead_core.adam` and `lookahead_core.adamw`
+trace as they are (under the compiler their step count becomes a 0-d array and
+they branch with array operations; ``tests/test_core_jit.py``). A traceable optimizer with the same ``update(grads, state, params) -> (delta,
 state)`` contract (an optax ``GradientTransformation``, for one) fits in an
 `lookahead_core.InnerOptimizer`:
 ``InnerOptimizer(tx.init, tx.update, "optax.sgd", {})``.
