@@ -165,7 +165,10 @@ def _check(value: float | None, ok: bool) -> str:
 
 
 def targets(results: Sequence[SetResult], overhead: dict[str, Stats] | None) -> list[list[str]]:
-    """The issue's targets, each with its measurement and whether it is met."""
+    """The performance targets, each with its measurement and whether it is met.
+
+    The Performance page (docs/performance.md, 'Targets') shows this table.
+    """
     rows: list[list[str]] = []
     names = [r.pset.name for r in results]
 

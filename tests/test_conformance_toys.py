@@ -2,7 +2,7 @@
 
 `ToyBackend` is a small, correct, in-place NumPy Lookahead around the core's
 inner optimizers, written independently of ``lookahead_numpy``. Each fault
-reproduces a bug seen in a peer implementation (see the project's PEERS notes);
+reproduces a bug seen in a peer implementation (see docs/peers.md);
 the tests assert that exactly the right checks fail, with the right message,
 and that the toy without faults passes every check.
 """

@@ -230,7 +230,7 @@ def test_ema_closed_form_rejects_mismatched_thetas():
     ids=["array-and-float", "float", "list", "None"],
 )
 def test_ema_closed_form_rejects_non_array_thetas(thetas):
-    """A non-array entry is a TypeError naming fast_before_syncs (DESIGN §4, lesson 9).
+    """A non-array entry is a TypeError naming fast_before_syncs (docs/design.md, 'Errors').
 
     (Before ``check_matching`` checked its entries, ``[array, 1.0]`` raised
     AttributeError and the others array-api-compat's unnamed TypeError.)

@@ -1,4 +1,4 @@
-"""Every bad input is a TypeError or ValueError naming the argument (DESIGN §4, lesson 9),
+"""Every bad input is a TypeError or ValueError naming the argument (docs/design.md, 'Errors'),
 raised before anything is computed; a rejected step leaves its inputs unchanged."""
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ after every k-th step ``slow.lerp_(p, α)`` then ``p.copy_(slow)``.
 The gradient depends on the current fast weights (a diagonal quadratic plus
 seeded noise), so a wrong fast weight at any step changes every later gradient.
 The core runs on torch float64 tensors and on NumPy float64 arrays; both must
-agree with torch to 1e-12 relative to the largest magnitude (DESIGN §4). The
+agree with torch to 1e-12 relative to the largest magnitude (docs/design.md, 'Tolerances'). The
 magnitude is taken over the whole model (all parameters, and θ₀): rounding
 errors are absolute errors of the order eps·max|θ| committed on every array
 along the way, and a parameter that converges near 0 (the 0-d one ends around

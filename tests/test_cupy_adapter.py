@@ -138,7 +138,7 @@ def test_trajectory_equals_core_on_cupy_bit_for_bit(cp, rng, kernel, dtype, inne
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_paper_schedule_k3_alpha_half_ends_at_three(cp, kernel):
-    """θ ← θ + 1 per step from 0, k = 3, α = 0.5: six steps end at θ = φ = 3 (DESIGN, PEERS)."""
+    """θ ← θ + 1 per step from 0, k = 3, α = 0.5: six steps end at θ = φ = 3 (docs/peers.md)."""
     params = [cp.zeros(3), cp.zeros((2, 2), dtype=cp.float32)]
     opt = Lookahead(params, lc.sgd(lr=1.0), k=3, alpha=0.5, kernel=kernel)
     expected_fast = [1, 2, 1.5, 2.5, 3.5, 3]

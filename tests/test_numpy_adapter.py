@@ -5,7 +5,7 @@ functional core ``lookahead_core.lookahead`` (the specification), or from the
 inner optimizer run alone. Float comparisons are bit-exact on purpose: the
 adapter performs the core's operations in the core's order, so a float64 (or
 float32) trajectory must equal the core's exactly, which implies the 1e-12
-relative agreement DESIGN §4 asks for.
+relative agreement docs/design.md asks of backends ('Tolerances').
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Gaussian system, so its 2×2 covariance propagates as M P Mᵀ + Q with an inner
 step M = [[1, 0], [0, ρ]], Q = diag(0, γ²a²σ²) and a sync
 M = [[1 − α, α], [1 − α, α]] (both rows become φ'). Fixed points are checked
 against the slides' first form of eq. 0.20 (with the geometric sum written out)
-and DESIGN's V*_SGD = γ²a²σ²/(1 − (1 − γa)²), and against the recurrences'
-limits.
+and the corrected V*_SGD = γ²a²σ²/(1 − (1 − γa)²) (docs/theory.md), and against
+the recurrences' limits.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 - pytorch_optimizer's Lookahead (same schedule; it lerps from θ toward φ with
   weight 1 − α, the same value up to rounding): to 1e-12 relative;
 - models of timm's and torch-optimizer's schedules: they differ from the paper's
-  and ours, on the paper example of DESIGN/PEERS.
+  and ours, on the six-step example of docs/peers.md ('The schedule').
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def test_paper_schedule_example():
 
 
 def _timm_model(k, alpha, steps):
-    """timm's schedule (PEERS.md): the slow buffer is created lazily at the first sync."""
+    """timm's schedule (docs/peers.md): the slow buffer is created lazily at the first sync."""
     theta, slow = 0.0, None
     for step in range(1, steps + 1):
         theta += 1.0
@@ -161,7 +161,7 @@ def _timm_model(k, alpha, steps):
 
 
 def _torch_optimizer_model(k, alpha, steps):
-    """torch-optimizer's schedule (PEERS.md): syncs at steps 1, k+1, 2k+1, …, with the slow
+    """torch-optimizer's schedule (docs/peers.md): syncs at steps 1, k+1, 2k+1, …, with the slow
     buffer created at the first of them from the fast weights of that moment."""
     theta, slow = 0.0, None
     for step in range(1, steps + 1):
@@ -175,7 +175,7 @@ def _torch_optimizer_model(k, alpha, steps):
 
 
 def test_timm_and_torch_optimizer_schedules_differ_from_ours():
-    """On PEERS.md's example ours ends at 3.0 (the paper); timm's lazy slow buffer at 4.5,
+    """On the example of docs/peers.md ours ends at 3.0 (the paper); timm's lazy slow buffer at 4.5,
     torch-optimizer's early syncs at 4.5 with slow 2.5. Why timm differs: its first
     sync has no φ₀ to move, so it skips one outer update and the fast weights
     run k steps further ahead."""
@@ -227,7 +227,7 @@ def test_k_one_damps_every_step():
 
 
 def test_gradient_none_at_a_sync_is_still_synced():
-    """DESIGN §4: one rule for every parameter, with or without a gradient."""
+    """One rule for every parameter, with or without a gradient (docs/design.md)."""
     a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
     b = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
     opt = Lookahead(torch.optim.SGD([a, b], lr=1.0), k=2, alpha=0.5)

@@ -1,7 +1,7 @@
 """The fused sync and swap kernels, their CUDA source, and a NumPy reference.
 
 The sync reads θ and φ once and writes both (4 × parameter bytes moved),
-with the two-sided lerp of DESIGN §4 (``torch.lerp``'s formula, exact at
+with the two-sided lerp (docs/design.md, 'The two-sided lerp': ``torch.lerp``'s formula, exact at
 α = 0 and α = 1)::
 
     diff = θ − φ

@@ -1,18 +1,19 @@
 """Every tensor operation of the adapter's sync and slow-weight swap, in one place.
 
-A faster fused path (the performance issue) replaces the functions of this
-module and nothing else: the optimizer hands them lists of tensors and a
-Python-float ``alpha`` and never touches the slow weights itself.
+A faster sync (such as the cache-blocked CPU path below; docs/performance.md,
+'The fast paths') replaces the functions of this module and nothing else: the
+optimizer hands them lists of tensors and a Python-float ``alpha`` and never
+touches the slow weights itself.
 
-The sync (DESIGN §1) on one (θ, φ) pair is
+The sync (Algorithm 1, docs/algorithm.md) on one (θ, φ) pair is
 
 ```text
 φ ← lerp(φ, θ, α)      two-sided: φ + α(θ − φ) if α < 0.5 else θ − (1 − α)(θ − φ)
 θ ← φ                  a copy: θ and φ never share memory
 ```
 
-``torch.lerp`` computes exactly this two-sided formula (DESIGN §4), so the
-kernel is ``torch._foreach_lerp_(slow, fast, alpha)`` then
+``torch.lerp`` computes exactly this two-sided formula (docs/design.md, 'The
+two-sided lerp'), so the kernel is ``torch._foreach_lerp_(slow, fast, alpha)`` then
 ``torch._foreach_copy_(fast, slow)``, one multi-tensor launch each per
 (device, dtype) bucket, in place, with no temporary tensor.
 

@@ -1,4 +1,6 @@
-"""What ``pullback`` acts on in each inner optimizer's state (DESIGN §4).
+"""What ``pullback`` acts on in each inner optimizer's state.
+
+See docs/design.md, 'Inner state at a sync', for the rule this implements.
 
 At a sync the weights jump back toward the slow weights; the inner optimizer's
 momentum still points along the fast trajectory. The options:

@@ -1,7 +1,7 @@
 """The optimizers compared, built with torch.optim and `lookahead_torch.Lookahead`.
 
 Names follow the paper's tables. "SGD" is plain minibatch SGD; "Polyak" is
-SGD with Polyak's heavy-ball momentum 0.9 (what the issue asks for; the slides'
+SGD with Polyak's heavy-ball momentum 0.9 (the protocol of these reproductions; the slides'
 row is labelled only "POLYAK", see the Reproductions page); "LA(X)" is
 Lookahead around X.
 """

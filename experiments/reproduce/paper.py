@@ -1,4 +1,4 @@
-"""The paper's numbers, as they appear in our copy (``shared/SEED-lookahead-slides.txt``).
+"""The paper's numbers, as they appear in our copy (the slide transcription, docs/design.md).
 
 Only numbers present in that transcription are here. A row it lacks is
 ``None`` and is printed as "not in our copy of the paper"; nothing is filled
