@@ -1,4 +1,4 @@
-"""The conformance checks: each certifies one rule of the paper or of the design.
+"""The conformance checks: each certifies one rule of the paper or of docs/design.md.
 
 Every check takes a `lookahead_conformance.protocol.Backend`, runs it on each
 of its dtypes, and either returns (pass) or raises: `CheckFailure` (fail,
@@ -585,7 +585,9 @@ def _check_conversion(backend: Backend, dtype: str) -> None:
 
 
 def check_dtype_shape_device(backend: Backend) -> Passed:
-    """Dtype, shape and device are preserved (the design's numerical rules, section 4).
+    """Dtype, shape and device are preserved.
+
+    The rule: docs/design.md, 'Dtypes and devices'.
 
     The conversions first: ``to_numpy(from_numpy(a))`` returns ``a`` bit for
     bit (±0, subnormals, ±inf, the extremes; a scalar and an empty array),
@@ -627,7 +629,9 @@ def check_dtype_shape_device(backend: Backend) -> Passed:
 
 
 def check_round_trip(backend: Backend) -> Passed:
-    """State round trip bit-exact, on and off a sync boundary (checkpoints, DESIGN §5).
+    """State round trip bit-exact, on and off a sync boundary.
+
+    The rule: docs/design.md, 'Checkpoints'.
 
     Run A takes n steps, saves, and goes on; a fresh runner B restores A's
     checkpoint and takes the same further steps. θ and φ of B must equal A's
@@ -673,7 +677,9 @@ _BAD_HYPERPARAMETERS = (
 
 
 def check_bad_input(backend: Backend) -> Passed:
-    """Bad input is rejected with TypeError/ValueError and changes nothing (the design's rules).
+    """Bad input is rejected with TypeError/ValueError and changes nothing.
+
+    The rule: docs/design.md, 'Errors'.
 
     Construction rejects every pair of `_BAD_HYPERPARAMETERS`. A step with
     the wrong number of gradients, a wrong shape, or a gradient whose dtype
