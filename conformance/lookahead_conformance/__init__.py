@@ -7,12 +7,17 @@ under the entry-point group ``lookahead.backends`` (or is named as
 
 * ``pytest --pyargs lookahead_conformance --lookahead-backend=NAME``
 * ``python -m lookahead_conformance [--backend NAME] [--json FILE]``
+
+Both need the kit's tools, installed by the ``conformance`` extra
+(``pip install 'lookahead-optimizer[conformance]'``); without them they stop
+before any check (`lookahead_conformance.tools`).
 """
 
 from .checks import CHECKS, CheckResult, run_check
 from .protocol import Backend, InnerSpec, Runner, protocol_violations
 from .registry import BrokenBackend, builtin_backend_names, load_backend, registered_backends
 from .report import BackendReport, certify, format_report
+from .tools import EXIT_MISSING_TOOLS, MissingToolError
 
 __all__ = [
     "CHECKS",
@@ -20,7 +25,9 @@ __all__ = [
     "BackendReport",
     "BrokenBackend",
     "CheckResult",
+    "EXIT_MISSING_TOOLS",
     "InnerSpec",
+    "MissingToolError",
     "Runner",
     "builtin_backend_names",
     "certify",

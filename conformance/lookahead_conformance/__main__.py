@@ -2,7 +2,9 @@
 
 Exit status: 0 when nothing failed (skipped backends and n/a checks are not
 failures), 1 when any check failed or a backend could not be loaded, 2 on a
-usage error.
+usage error, 69 (`lookahead_conformance.tools.EXIT_MISSING_TOOLS`) when the
+kit's tools are not installed: then no check runs, and one line on stderr
+says what to install.
 """
 
 from __future__ import annotations
@@ -14,12 +16,23 @@ import sys
 from .checks import CHECKS
 from .registry import expand_backend_names, registered_backends
 from .report import certify, format_report, report_json
+from .tools import EXIT_MISSING_TOOLS, INSTALL_HINT, missing_tools_message
+
+EXIT_STATUSES = f"""\
+exit status:
+  0   nothing failed (skipped backends and n/a checks are not failures)
+  1   a check failed or a backend could not be loaded
+  2   usage error
+  {EXIT_MISSING_TOOLS}  the kit's tools are missing; no check ran: {INSTALL_HINT}
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lookahead_conformance",
         description="Certify Lookahead backends against eq. 0.1 and the reference implementation.",
+        epilog=EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keep the table's lines
     )
     parser.add_argument(
         "--backend", action="append", default=[], metavar="NAME",
@@ -45,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         for check in CHECKS.values():
             print(f"check    {check.name}: {check.summary}")
         return 0
+    missing = missing_tools_message()
+    if missing is not None:  # before any check: a missing tool is no verdict on a backend
+        print(missing, file=sys.stderr)
+        return EXIT_MISSING_TOOLS
     names = expand_backend_names(args.backend or ["all"])
     checks = args.check or None
     try:

@@ -36,6 +36,7 @@ from .protocol import (
     SkipsSteps,
 )
 from .registry import BrokenBackend
+from .tools import MissingToolError, is_kit_tool, missing_tools_message
 
 __all__ = [
     "CHECKS",
@@ -887,6 +888,8 @@ def run_check(name: str, backend: Backend | BrokenBackend) -> CheckResult:
 
     Raises:
         KeyError: ``name`` is not a check.
+        MissingToolError: a tool of the kit (`lookahead_conformance.tools.KIT_TOOLS`)
+            is not installed; that is no result of the backend's.
     """
     check = CHECKS[name]
     if isinstance(backend, BrokenBackend):
@@ -898,9 +901,9 @@ def run_check(name: str, backend: Backend | BrokenBackend) -> CheckResult:
     except CheckFailure as exc:
         return CheckResult(name, FAIL, exc.worst_eps, str(exc))
     except ModuleNotFoundError as exc:
-        hint = " (the kit needs its test extra: pip install 'lookahead-optimizer[test]')" \
-            if exc.name == "hypothesis" else ""
-        return CheckResult(name, FAIL, None, f"{type(exc).__name__}: {exc}{hint}{_where(exc)}")
+        if is_kit_tool(exc):  # the kit's own tool is missing: no verdict on the backend
+            raise MissingToolError(missing_tools_message() or str(exc)) from exc
+        return CheckResult(name, FAIL, None, f"{type(exc).__name__}: {exc}{_where(exc)}")
     except Exception as exc:  # a crash is a failure of the backend, reported as such
         return CheckResult(name, FAIL, None, f"{type(exc).__name__}: {exc}{_where(exc)}")
     return CheckResult(name, PASS, outcome.worst_eps, outcome.note)

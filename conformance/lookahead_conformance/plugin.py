@@ -15,7 +15,13 @@ line (``#`` starts a comment); they are strict xfails, so a deviation that
 gets fixed makes the run fail until its line is removed.
 
 The plugin only acts on tests that ask for the ``lookahead_backend``
-fixture, so it is inert in every other test suite.
+fixture, so it is inert in every other test suite. It is loaded in every
+pytest session of an environment where the package is installed, so it
+imports none of the kit's tools: only when the collected tests ask for that
+fixture does it check them, and without them it stops the session before
+the first test with one line saying what to install and the exit status
+`lookahead_conformance.tools.EXIT_MISSING_TOOLS` (69), which pytest gives
+to no outcome of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import pytest
 
 from .checks import CHECKS, FAIL, NOT_APPLICABLE, run_check
 from .registry import BrokenBackend, expand_backend_names, load_backend, registered_backends
+from .tools import EXIT_MISSING_TOOLS, missing_tools_message
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -90,6 +97,22 @@ def pytest_generate_tests(metafunc: Any) -> None:
             marks.append(pytest.mark.xfail(reason="known deviation (--lookahead-xfail)", strict=True))
         params.append(pytest.param(name, id=name, marks=marks))
     metafunc.parametrize("lookahead_backend", params, indirect=True)
+
+
+def pytest_collection_finish(session: Any) -> None:
+    """Stop before the first check when the kit's tools are missing.
+
+    Only a session that is about to run conformance checks (tests asking for
+    the ``lookahead_backend`` fixture, after deselection) needs them; any
+    other session, or ``--collect-only``, is left alone.
+    """
+    if session.config.option.collectonly:
+        return
+    if not any("lookahead_backend" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    missing = missing_tools_message()
+    if missing is not None:
+        pytest.exit(missing, returncode=EXIT_MISSING_TOOLS)
 
 
 def _load(config: Any, name: str) -> Any:

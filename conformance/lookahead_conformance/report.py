@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from .checks import CHECKS, FAIL, NOT_APPLICABLE, PASS, CheckResult, run_check
 from .protocol import Backend
 from .registry import BrokenBackend, load_backend
+from .tools import require_tools
 
 __all__ = ["BackendReport", "certify", "format_report", "report_json"]
 
@@ -51,11 +52,13 @@ def certify(backend: str | Backend | BrokenBackend, checks: Sequence[str] | None
 
     Raises:
         ValueError: an unknown backend name or check name.
+        MissingToolError: a tool of the kit is not installed (before any check runs).
     """
     names = list(CHECKS) if checks is None else list(checks)
     unknown = [c for c in names if c not in CHECKS]
     if unknown:
         raise ValueError(f"check must be one of {', '.join(CHECKS)}; got {', '.join(unknown)}")
+    require_tools()
     label = backend if isinstance(backend, str) else getattr(backend, "name", repr(backend))
     if isinstance(backend, str):
         backend = load_backend(backend)
