@@ -11,11 +11,15 @@ here: the same operations on the same values in one process, one torch thread
 (tests/conftest.py), CPU kernels that do not depend on timing.
 
 A framework that is not installed skips its own tests ("<lib> not installed");
-the ``frameworks`` extra installs all three.
+the ``frameworks`` extra installs all three. One that is installed but fails to
+import is an error, not a skip (`pytest.importorskip` would report it as not
+installed, e.g. an old Lightning that needs the removed ``pkg_resources``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import sys
 
@@ -32,6 +36,13 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 FEATURES, SAMPLES, BATCH = 4, 24, 4  # 6 batches per epoch: 6 % K != 0
+
+
+def _framework(name: str):
+    """Import ``name``, or skip this test when it is not installed (a broken install raises)."""
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} not installed")
+    return importlib.import_module(name)
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +141,7 @@ def test_lightning_resume_from_model_checkpoint_equals_the_uninterrupted_run(tmp
     at the start of the epoch, so a mid-epoch resume sees other batches (it
     warns about it); that is Lightning's data, not Lookahead's state.
     """
-    L = pytest.importorskip("lightning", reason="lightning not installed")
+    L = _framework("lightning")
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     checkpoints = ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1, every_n_epochs=1)
@@ -157,7 +168,7 @@ def test_lightning_resume_from_model_checkpoint_equals_the_uninterrupted_run(tmp
 def test_lightning_refuses_a_scheduler_on_the_inner_optimizer():
     """Why the guide says to build the scheduler on the wrapper: Lightning checks that
     each scheduler's optimizer is one that configure_optimizers returned."""
-    L = pytest.importorskip("lightning", reason="lightning not installed")
+    L = _framework("lightning")
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     with pytest.raises(MisconfigurationException, match="wasn't returned from `configure_optimizers`"):
@@ -174,7 +185,7 @@ def test_lightning_module_uses_the_lookahead_itself_through_optimizers_optimizer
     step. Entered on `.optimizer` (the Lookahead Lightning steps and
     checkpoints), the checkpoint reports φ and a sync is refused.
     """
-    L = pytest.importorskip("lightning", reason="lightning not installed")
+    L = _framework("lightning")
     seen = {}
 
     class Probe(L.LightningModule):
@@ -254,7 +265,7 @@ def _accelerate_run(Accelerator, seed: int, start: int, save_dir: str | None = N
 
 def test_accelerate_resume_from_save_state_equals_the_uninterrupted_run(tmp_path):
     """`accelerator.save_state` at step 5 (count 1 of k = 4), `load_state` in a fresh Accelerator."""
-    pytest.importorskip("accelerate", reason="accelerate not installed")
+    _framework("accelerate")
     from accelerate import Accelerator
 
     try:
@@ -337,9 +348,9 @@ def _trainer(transformers, way: str, seed: int, output_dir) -> tuple:
         return model, trainer, lambda: lookahead
 
     class LookaheadTrainer(transformers.Trainer):
-        def create_optimizer(self, model=None):
+        def create_optimizer(self, *args, **kwargs):  # transformers 5 added a `model` argument
             if self.optimizer is None:  # may be called again: wrap once
-                super().create_optimizer(model)  # AdamW from the args, weight-decay groups
+                super().create_optimizer(*args, **kwargs)  # AdamW from the args, weight-decay groups
                 self.optimizer = Lookahead(self.optimizer, k=K, alpha=0.5)
             return self.optimizer
 
@@ -351,7 +362,7 @@ def _trainer(transformers, way: str, seed: int, output_dir) -> tuple:
 @pytest.mark.parametrize("way", ["optimizers", "create_optimizer"])
 def test_trainer_resume_from_checkpoint_equals_the_uninterrupted_run(tmp_path, way):
     """`Trainer.train(resume_from_checkpoint=...)` from checkpoint-5 (count 1 of k = 4)."""
-    transformers = pytest.importorskip("transformers", reason="transformers not installed")
+    transformers = _framework("transformers")
     try:
         model, trainer, lookahead = _trainer(transformers, way, seed=1, output_dir=tmp_path / "run")
         trainer.train()
