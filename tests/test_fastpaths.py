@@ -12,9 +12,15 @@
   (XLA may fuse a multiply and an add into one FMA: a few units in the last place
   per step), and exact where the algorithm is exact (non-sync steps leave φ
   untouched; α = 0 and α = 1).
+
+Each test needs only its own library: the PyTorch tests skip without torch, the
+``jax.jit`` tests without jax, and the NumPy and core tests run with neither
+(tests/test_skip_audit.py checks it).
 """
 
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
@@ -22,8 +28,28 @@ from core_helpers import assert_bit_identical, to_numpy
 
 import lookahead_core as lc
 from lookahead_core import traceable
+from lookahead_numpy import Lookahead as NumpyLookahead
+from lookahead_numpy import _blocks
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def _optional(name: str):
+    """Module ``name``, or None where it cannot be imported (the tests that need it skip)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+# Optional libraries, asked for per test: a module-level importorskip would skip every
+# test of this file for want of one library, and these are the only tests that catch
+# some kernel faults (a blocked sync that leaves the tail of a large parameter unsynced).
+torch = _optional("torch")
+jax = _optional("jax")
+jnp = _optional("jax.numpy")
+needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed")
+needs_jax = pytest.mark.skipif(jax is None or jnp is None, reason="jax not installed")
 
 
 def _special(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -36,15 +62,13 @@ def _special(rng: np.random.Generator, n: int) -> np.ndarray:
 
 # --- PyTorch: the cache-blocked CPU sync -------------------------------------------------
 
-torch = pytest.importorskip("torch", reason="torch not installed")
-from lookahead_torch import Lookahead as TorchLookahead  # noqa: E402
-from lookahead_torch import _kernels  # noqa: E402
-
-_INT_OF = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+if torch is not None:
+    from lookahead_torch import Lookahead as TorchLookahead
+    from lookahead_torch import _inner_step, _kernels
 
 
 def _torch_bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    int_dtype = _INT_OF[a.element_size()]
+    int_dtype = getattr(torch, f"int{8 * a.element_size()}")  # same width: the bits as integers
     return a.dtype == b.dtype and a.shape == b.shape and bool(
         torch.equal(a.detach().view(int_dtype), b.detach().view(int_dtype)))
 
@@ -79,10 +103,12 @@ def _unblocked(fast: list, slow: list, alpha: float) -> None:
     torch._foreach_copy_(fs, ss)
 
 
+@needs_torch
 @pytest.mark.parametrize("block", [1, 100, 128, 1000, 1 << 16])
 @pytest.mark.parametrize("alpha", ALPHAS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_torch_blocked_sync_equals_unblocked_bit_for_bit(block, alpha, dtype):
+@pytest.mark.parametrize("dtype_name", ["float32", "float64", "float16", "bfloat16"])
+def test_torch_blocked_sync_equals_unblocked_bit_for_bit(block, alpha, dtype_name):
+    dtype = getattr(torch, dtype_name)
     # Built twice from one seed: the same values in the same layouts (a clone of a
     # strided view would be contiguous, and torch's vector and scalar loops may differ
     # in the sign of a zero).
@@ -97,6 +123,7 @@ def test_torch_blocked_sync_equals_unblocked_bit_for_bit(block, alpha, dtype):
             assert f.data_ptr() != s.data_ptr()
 
 
+@needs_torch
 def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
     # Parameters of more than one CPU block: the default kernel cuts them into pieces.
     block = _kernels.CPU_BLOCK_BYTES // 4
@@ -121,6 +148,7 @@ def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
         assert _torch_bits_equal(a, b)
 
 
+@needs_torch
 @pytest.mark.parametrize("alpha", [0.25, 0.75])
 def test_torch_upcast_sync_in_cpu_batches_equals_per_tensor_upcast(rng, alpha):
     # bfloat16 parameters with a float32 slow copy, more elements than one CPU batch.
@@ -138,6 +166,7 @@ def test_torch_upcast_sync_in_cpu_batches_equals_per_tensor_upcast(rng, alpha):
         assert _torch_bits_equal(a, b)
 
 
+@needs_torch
 @pytest.mark.parametrize("inner", ["sgd-momentum", "adam"])
 def test_torch_optimizer_with_multi_block_parameters_equals_algorithm_1(rng, inner):
     """The adapter on parameters larger than a CPU block against Algorithm 1 written out."""
@@ -166,9 +195,6 @@ def test_torch_optimizer_with_multi_block_parameters_equals_algorithm_1(rng, inn
 
 
 # --- PyTorch: the inner step without torch's second step wrapper -------------------------
-
-from lookahead_torch import _inner_step  # noqa: E402
-
 
 def _step_ranges(monkeypatch) -> list[str]:
     """Names of the ``record_function`` ranges torch's step wrappers open from now on."""
@@ -200,6 +226,7 @@ def _quadratic_run(make_inner, observe, steps: int = 11) -> list[torch.Tensor]:
     return [p.detach().clone() for p in params] + [s.clone() for s in opt.slow[0]]
 
 
+@needs_torch
 @pytest.mark.parametrize("inner", ["sgd-momentum", "adam", "lbfgs"])
 def test_torch_inner_step_without_wrapper_gives_the_same_bits(inner):
     make = {"sgd-momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
@@ -212,6 +239,7 @@ def test_torch_inner_step_without_wrapper_gives_the_same_bits(inner):
         assert _torch_bits_equal(a, b)
 
 
+@needs_torch
 def test_torch_inner_wrapper_skipped_only_when_nothing_observes_it(monkeypatch):
     w = torch.nn.Parameter(torch.zeros(3))
     inner = torch.optim.SGD([w], lr=0.1)
@@ -240,6 +268,7 @@ def test_torch_inner_wrapper_skipped_only_when_nothing_observes_it(monkeypatch):
     scheduler.step()
 
 
+@needs_torch
 def test_torch_inner_wrapper_kept_for_profiler_and_global_hooks():
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -262,6 +291,7 @@ def test_torch_inner_wrapper_kept_for_profiler_and_global_hooks():
     assert seen == ["Lookahead", "Adam"]
 
 
+@needs_torch
 def test_torch_inner_wrapper_kept_for_a_decorated_or_customised_step():
     import functools
 
@@ -300,10 +330,12 @@ def test_torch_inner_wrapper_kept_for_a_decorated_or_customised_step():
 
 # --- PyTorch: the placement check before a sync ------------------------------------------
 
+@needs_torch
 @pytest.mark.parametrize("change", [
     "dtype", "shape",
     pytest.param("device", marks=pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="no CUDA device: a CPU parameter cannot be moved")),
+        torch is None or not torch.cuda.is_available(),
+        reason="no CUDA device: a CPU parameter cannot be moved")),
 ])
 def test_torch_placement_check_still_refuses_a_changed_parameter(change):
     params = [torch.nn.Parameter(torch.zeros(4, 3)) for _ in range(3)]
@@ -325,6 +357,7 @@ def test_torch_placement_check_still_refuses_a_changed_parameter(change):
         assert torch.equal(a, b)
 
 
+@needs_torch
 def test_torch_placement_check_accepts_a_parameter_cast_to_its_wider_slow_dtype():
     p = torch.nn.Parameter(torch.zeros(8, dtype=torch.bfloat16))
     opt = TorchLookahead(torch.optim.SGD([p], lr=0.5), k=1, slow_dtype=torch.float32)
@@ -335,9 +368,6 @@ def test_torch_placement_check_accepts_a_parameter_cast_to_its_wider_slow_dtype(
 
 
 # --- NumPy: the dense sync with the difference held in place ----------------------------
-
-from lookahead_numpy import Lookahead as NumpyLookahead  # noqa: E402
-from lookahead_numpy import _blocks  # noqa: E402
 
 
 def _numpy_params(rng: np.random.Generator, dtype: str) -> list[np.ndarray]:
@@ -445,10 +475,6 @@ def test_traceable_rejects_bad_arguments(rng):
         opt.step(params, params, lc.lookahead(lc.sgd(), k=2).init(params))
 
 
-jax = pytest.importorskip("jax", reason="jax not installed")
-jnp = pytest.importorskip("jax.numpy", reason="jax not installed")
-
-
 def _heavy_ball(lr: float, momentum: float) -> lc.InnerOptimizer:
     """A traceable heavy-ball SGD (array state, no Python step count), for ``jax.jit``."""
 
@@ -462,6 +488,7 @@ def _heavy_ball(lr: float, momentum: float) -> lc.InnerOptimizer:
     return lc.InnerOptimizer(init, update, "heavy-ball", {"lr": lr, "momentum": momentum})
 
 
+@needs_jax
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.7, 1.0])
 def test_traceable_under_jit_matches_the_eager_core(rng, alpha):
     """Compiled with ``jax.lax.cond``: within 4 ulps per step of the eager specification."""
