@@ -19,16 +19,16 @@ import importlib.util
 
 import pytest
 
-pytest.importorskip("torch", reason="torch not installed")
-pytest.importorskip("jax", reason="jax not installed")
-pytest.importorskip("matplotlib", reason="matplotlib not installed")
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory) -> tuple[str, Path, str]:
     """The Markdown, the figure's path, and everything printed (stdout, then stderr)."""
+    # The suite needs torch (its PyTorch rows) and matplotlib (the figure); JAX is optional
+    # (its rows say why they are missing); tests that do not run the suite need none of them.
+    pytest.importorskip("torch", reason="torch not installed")
+    pytest.importorskip("matplotlib", reason="matplotlib not installed")
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--quick", "--sets", "transformer",
@@ -93,7 +93,7 @@ def test_quick_suite_reports_every_backend_and_the_targets(quick_report):
     assert "pinned to [" in text and "torch.get_num_threads() = 1" in text
     backends = [("PyTorch", "lookahead_torch"), ("NumPy", "lookahead_numpy"),
                 ("PyTorch", "core on torch"), ("NumPy", "core on NumPy")]
-    if importlib.util.find_spec("optax") is not None:
+    if all(importlib.util.find_spec(name) is not None for name in ("jax", "optax")):
         backends.append(("JAX", "core traceable (jit)"))
     else:  # make test's environment: make bench adds optax, the JAX rows say why they are missing
         assert "(pip install jax optax)" in text

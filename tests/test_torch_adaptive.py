@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from core_helpers import run_core_adaptive, spd_quadratic
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch not installed")
 
 import lookahead_core as lc  # noqa: E402
 from lookahead_torch import Lookahead  # noqa: E402
