@@ -83,3 +83,37 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(20190719)  # arXiv 1907.08610
+
+
+# -- the terminal summary: skips grouped by reason ---------------------------------------
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _skips_by_reason(skipped_reports) -> list[tuple[str, int, int]]:
+    """(reason, tests, modules) for each distinct skip reason, the most frequent first.
+
+    A module (or class) skipped at collection is one report for all of its tests,
+    which are not collected: it is counted apart, as a module, not as a test.
+    """
+    counts: dict[str, list[int]] = {}
+    for report in skipped_reports:
+        _, _, reason = report.longrepr
+        reason = str(reason).removeprefix("Skipped: ")
+        skipped_whole = isinstance(report, pytest.CollectReport)
+        counts.setdefault(reason, [0, 0])[1 if skipped_whole else 0] += 1
+    return sorted(((reason, tests, modules) for reason, (tests, modules) in counts.items()),
+                  key=lambda row: (-(row[1] + row[2]), row[0]))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the skips grouped by reason: ``-ra`` lists them by location only."""
+    rows = _skips_by_reason(terminalreporter.stats.get("skipped", []))
+    if not rows:
+        return
+    terminalreporter.write_sep("=", "skips by reason")
+    for reason, tests, modules in rows:
+        what = [_plural(n, word) for n, word in ((tests, "test"), (modules, "module")) if n]
+        terminalreporter.write_line(f"{', '.join(what)}: {reason}")
