@@ -29,6 +29,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
+# The script pins one BLAS/OpenMP/XLA thread before the libraries load; which of its
+# figures still differ between CPU families: docs/demo.md.
 demo: venv
 	$(PY) experiments/demo.py
 

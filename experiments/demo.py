@@ -38,10 +38,24 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import array_api_compat
-import numpy as np
+# One BLAS/OpenMP thread (and one Eigen thread for JAX), set before NumPy, torch and
+# JAX load: they read these variables once, at import. The tables then do not depend
+# on how many cores a machine has or how a library splits a product between threads;
+# they still depend on the CPU family (docs/demo.md). Only when run as a script: an
+# importer (tests/test_demo.py) keeps its environment. A value already set wins, and
+# results.json records what was used.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
+if __name__ == "__main__":
+    for _variable in THREAD_VARIABLES:
+        os.environ.setdefault(_variable, "1")
+    os.environ["XLA_FLAGS"] = " ".join(
+        filter(None, [os.environ.get("XLA_FLAGS", ""), XLA_ONE_THREAD]))
 
-import lookahead_core as lc
+import array_api_compat  # noqa: E402
+import numpy as np  # noqa: E402
+
+import lookahead_core as lc  # noqa: E402
 
 Array = Any
 Params = tuple[Array, ...]
@@ -294,6 +308,42 @@ def load_library(name: str, config: Config) -> Library:
         strict = importlib.import_module("array_api_strict")
         return Library(name, strict, strict.__version__, loss_and_grads)
     raise ValueError(f"unknown library {name!r}; choose from {', '.join(ALL_LIBRARIES)}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else ``platform.processor()``."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def thread_pools() -> list[dict[str, Any]]:
+    """The BLAS and OpenMP pools loaded in this process: library, kernels, threads.
+
+    OpenBLAS's ``architecture`` is the kernel family it chose for this CPU, one
+    reason float32 results differ between machines. From threadpoolctl
+    (scikit-learn's dependency); empty without it.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "prefix", "version", "architecture", "num_threads")
+    return [{key: pool.get(key) for key in keys} for pool in threadpool_info()]
+
+
+def machine_line(cpu: str, pools: Sequence[dict[str, Any]], torch_threads: int | None) -> str:
+    """One line naming the CPU and every thread pool, for the printout and results.md."""
+    parts = [f"CPU {cpu}"]
+    for pool in pools:
+        kernels = f", {pool['architecture']} kernels" if pool.get("architecture") else ""
+        parts.append(f"{pool['prefix']} ({pool['internal_api']}{kernels}): "
+                     f"{pool['num_threads']} thread(s)")
+    if torch_threads is not None:
+        parts.append(f"torch: {torch_threads} thread(s)")
+    return "; ".join(dict.fromkeys(parts))  # a library loaded twice (numpy's, scipy's) once
 
 
 def load_libraries(names: Sequence[str], config: Config) -> tuple[list[Library], list[str]]:
@@ -667,6 +717,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for library in libraries:
         put_data(library, data)
     names = [library.name for library in libraries]
+    cpu, pools = cpu_name(), thread_pools()
+    torch_threads = config.torch_threads if "torch" in names else None
+    machine = machine_line(cpu, pools, torch_threads)
+    print(f"machine: {machine}")
     skipped_note = f"; skipped (not installed): {', '.join(skipped)}" if skipped else ""
     print(f"libraries: {', '.join(names)}{skipped_note}")
     print(
@@ -712,11 +766,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "library_spread": spread,
         "wall_seconds": wall_seconds,
         "platform": {"python": platform.python_version(), "machine": platform.machine(),
-                     "cpus": os.cpu_count()},
+                     "cpus": os.cpu_count(), "cpu": cpu,
+                     "thread_variables": {v: os.environ.get(v) for v in THREAD_VARIABLES},
+                     "thread_pools": pools, "torch_threads": torch_threads},
     }
     write_json(out / "results.json", payload)
     (out / "results.md").write_text(
         "# Lookahead demo results\n\n" + tables + "\n\n"
+        + f"Machine: {machine}.\n\n"
         + f"Training time per library: {'; '.join(timings)}. "
         + f"Total wall time: {wall_seconds:.1f} s.\n\n![training loss](loss_curves.png)\n"
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 from collections.abc import Iterator
@@ -124,3 +126,35 @@ def test_divergence_is_reported_not_raised(demo: ModuleType) -> None:
     assert result.diverged and result.diverged_epoch == 1
     assert 0.0 <= result.val_accuracy <= 1.0
     json.dumps(demo.asdict(result), allow_nan=False)  # non-finite losses became None
+
+
+def test_script_pins_one_blas_and_openmp_thread(demo: ModuleType, tmp_path: Path) -> None:
+    """``make demo`` runs one thread per pool whatever the core count (set before NumPy loads).
+
+    Without the pin, OpenBLAS and OpenMP start one thread per core (2 on the
+    2-core reference machine), so on any machine with more than one core this
+    fails if the variables are set too late or not at all.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in demo.THREAD_VARIABLES}
+    subprocess.run([sys.executable, str(DEMO_PATH), "--quick", "--libraries", "numpy",
+                    "--out", str(tmp_path), "--no-progress"],
+                   env=env, capture_output=True, text=True, timeout=600, check=True)
+    platform = json.loads((tmp_path / "results.json").read_text())["platform"]
+    assert platform["thread_variables"] == {v: "1" for v in demo.THREAD_VARIABLES}
+    pools = platform["thread_pools"]
+    assert any(pool["user_api"] == "blas" for pool in pools), pools  # NumPy's BLAS was seen
+    assert all(pool["num_threads"] == 1 for pool in pools), pools
+    assert platform["cpu"] in (tmp_path / "results.md").read_text()
+
+
+def test_importing_the_demo_leaves_the_environment_alone() -> None:
+    """Only the script pins threads: an importer's environment (this test process) is kept."""
+    before = dict(os.environ)
+    spec = importlib.util.spec_from_file_location("lookahead_demo_import_check", DEMO_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(spec.name, None)
+    assert dict(os.environ) == before
