@@ -22,13 +22,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
+
+torch = pytest.importorskip("torch", reason="torch not installed")  # every test here trains or loads torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # experiments/ is run from the repository root, not installed
     sys.path.insert(0, str(ROOT))
 
 from experiments.reproduce import (  # noqa: E402
+    claims,
     data,
     figure10,
     lr_sweep,
@@ -270,73 +272,93 @@ def test_quick_outputs_are_well_formed(quick: tuple[Path, dict[str, Any]], name:
     assert paths.figure.read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_table1_quick_lookahead_stays_finite_and_ahead_where_sgd_diverges(quick) -> None:
+def assert_claims_hold(found: list[claims.Claim]) -> None:
+    """Every claim holds; the failure lists each failed one with what was measured."""
+    assert found, "no claims evaluated"
+    failed = [f"{c.name}: {c.measured}, needs {c.rule}" for c in found if not c.holds]
+    assert not failed, failed
+
+
+def test_table1_quick_every_optimizer_trains_at_the_standard_rate(quick) -> None:
+    """The standard-rate claim, far from any edge (margins: `claims.table1`).
+
+    The high-rate cells are printed, not asserted, from three seeds: whether one seed
+    of a chaotic run diverges differs between machines. Their claim is tested on 24
+    seeds by the learning-rate sweep, whose top rate repeats the high SGD cell; the
+    table's three seeds are the sweep's first three, run for run.
+    """
     results = quick[1]["table1"]
-    seeds = len(results["config"]["seeds"])
-    sgd = table1.cell(results, "digits", "high", "sgd")
-    la_sgd = table1.cell(results, "digits", "high", "la_sgd")
-    assert sgd["diverged"] >= 1  # the high learning rate is one where plain SGD is unstable
-    assert la_sgd["diverged"] == 0
-    assert la_sgd["mean"] > 0.9 and la_sgd["mean"] > sgd["mean"] + 0.2
-    la_runs = [r for r in results["runs"] if (r["lr_setting"], r["optimizer"]) == ("high", "la_sgd")]
-    assert len(la_runs) == seeds and all(r["train_loss"] is not None for r in la_runs)
-    # at the standard learning rate every optimizer trains
-    for key in results["config"]["optimizers"]:
-        assert table1.cell(results, "digits", "standard", key)["mean"] > 0.9, key
+    assert_claims_hold(claims.table1(results))
+    assert len(claims.table1(results)) == len(results["config"]["optimizers"])
+    sweep = quick[1]["lr_sweep"]
+    high = next(lrs for lrs in results["config"]["setups"][0]["lr_settings"] if lrs["name"] == "high")
+    assert sweep["config"]["learning_rates"][-1] == high["sgd"]
+    for key in ("sgd", "la_sgd"):
+        table_runs = [r for r in results["runs"] if (r["lr_setting"], r["optimizer"]) == ("high", key)]
+        sweep_runs = [r for r in sweep["runs"] if (r["lr"], r["optimizer"]) == (high["sgd"], key)]
+        assert [r["seed"] for r in table_runs] == [r["seed"] for r in sweep_runs[: len(table_runs)]]
+        for table_run, sweep_run in zip(table_runs, sweep_runs):
+            assert table_run["val_accuracy"] == sweep_run["val_accuracy"], key
+            assert table_run["epoch_train_loss"] == sweep_run["epoch_train_loss"], key
     markdown = report.OutputPaths.under(quick[0], "table1").markdown.read_text()
     assert "95.23 ± .19" in markdown and "78.34 ± .05" in markdown  # the paper's numbers, from our copy
     assert "not in our copy of the paper" in markdown  # no LA(Adam) row there
 
 
 def test_lr_sweep_quick_lookahead_tolerates_a_higher_learning_rate(quick) -> None:
+    """LA(SGD) trains at a rate where SGD fails, on seed statistics of 24 seeds.
+
+    Single seeds at the top rate are chaotic (which of them diverge depends on the
+    CPU's kernels); the rules and their margins, measured over perturbed reruns, are
+    in `claims.lr_sweep`; `test_claims_hold_under_machine_perturbations` reruns them.
+    """
     results = quick[1]["lr_sweep"]
-
-    def largest_good_lr(key: str) -> float:
-        good = [e["lr"] for e in results["summary"] if e["optimizer"] == key and e["mean"] > 0.9]
-        return max(good, default=0.0)
-
-    assert largest_good_lr("la_sgd") > largest_good_lr("sgd")
-    high = max(results["config"]["learning_rates"])
-    assert lr_sweep.cell(results, "la_sgd", high)["mean"] > lr_sweep.cell(results, "sgd", high)["mean"] + 0.2
+    assert len(results["config"]["seeds"]) == 24
+    found = claims.lr_sweep(results)
+    assert_claims_hold(found)
+    assert any("ahead of sgd" in c.name for c in found)
 
 
 def test_figure9_quick_lookahead_is_insensitive_to_k_and_alpha(quick) -> None:
+    """At lr 0.3 (a stable rate) every (k, α) cell trains alike (`claims.figure9`)."""
     results = quick[1]["figure9"]
-    means = [cell["acc_mean"] for cell in results["grid"]]
-    assert len(means) == len(results["config"]["ks"]) * len(results["config"]["alphas"])
-    assert all(cell["diverged"] == 0 and cell["loss_mean"] is not None for cell in results["grid"])
-    assert min(means) > 0.95
-    assert max(means) - min(means) < 0.02
-    assert min(means) > results["baseline"]["acc_mean"] - 0.02  # none falls behind SGD alone
+    assert len(results["grid"]) == len(results["config"]["ks"]) * len(results["config"]["alphas"])
+    assert all(cell["loss_mean"] is not None for cell in results["grid"])
+    assert_claims_hold(claims.figure9(results))
 
 
 def test_figure10_quick_sync_points_beat_the_fast_points_before_them(quick) -> None:
+    """Averaged over 3 seeds × 12 cycles (`claims.figure10`)."""
     results = quick[1]["figure10"]
     config = results["config"]
     for run in results["runs"]:
         assert len(run["fast"]) == config["updates"]
         assert len(run["slow"]) == config["updates"] // config["k"]
+    assert_claims_hold(claims.figure10(results))
     sync = np.mean([r["statistics"]["sync"] for r in results["runs"]])
-    before = np.mean([r["statistics"]["before_sync"] for r in results["runs"]])
-    assert sync > before
     assert results["summary"]["sync"]["mean"] == pytest.approx(sync)
 
 
 def test_table3_quick_language_models_learn(quick) -> None:
+    """Every optimizer beats the uniform model, and on characters the unigram (`claims.table3`)."""
     results = quick[1]["table3"]
+    baselines = claims.table3_baselines(results)
+    # the baselines, recomputed here independently of claims.table3_baselines
     for setup in results["config"]["setups"]:
         corpus = table3.load(table3.TextSetup(**{**setup, "lrs": optim.LearningRates(**setup["lrs"])}))
         vocabulary = len(corpus.vocabulary)
-        # independent baselines: uniform over the vocabulary, and the add-one unigram of the training split
-        counts = torch.bincount(corpus.train, minlength=vocabulary).double() + 1.0
-        unigram_nats = float(-(counts / counts.sum()).log()[corpus.val].mean())
-        for key in results["config"]["optimizers"]:
-            entry = table3.cell(results, setup["corpus"], key)
-            assert entry["diverged"] == 0
-            val = entry["val"]["mean"]
-            assert val < table3.in_unit(setup["corpus"], math.log(vocabulary)), (setup["corpus"], key)
-            if setup["corpus"] == "shakespeare":
-                assert val < table3.in_unit("shakespeare", unigram_nats), key
+        uniform, unigram = baselines[setup["corpus"]]
+        assert uniform == pytest.approx(table3.in_unit(setup["corpus"], math.log(vocabulary)))
+        if setup["corpus"] == "shakespeare":
+            counts = torch.bincount(corpus.train, minlength=vocabulary).double() + 1.0
+            unigram_nats = float(-(counts / counts.sum()).log()[corpus.val].mean())
+            assert unigram == pytest.approx(table3.in_unit("shakespeare", unigram_nats))
+    found = claims.table3(results, baselines)
+    assert len(found) == sum(
+        2 * len(results["config"]["optimizers"]) + (len(results["config"]["optimizers"])
+                                                    if s["corpus"] == "shakespeare" else 0)
+        for s in results["config"]["setups"])
+    assert_claims_hold(found)
     markdown = report.OutputPaths.under(quick[0], "table3").markdown.read_text()
     assert "63.90" in markdown and "57.72" in markdown  # the paper's PTB numbers, from our copy
 

@@ -33,8 +33,12 @@ class Config:
     alpha: float = 0.5
 
 
+# The quick size is the one whose claims the tests check (`claims.lr_sweep`): 24 seeds,
+# because at its top rate single runs are chaotic and only seed statistics hold on every
+# machine; 10 epochs and rate 1.0 as Table 1's high digits cell, whose seeds 0-2 it repeats.
+CLAIM_SEEDS = tuple(range(24))
 SIZES = {
-    "quick": Config("digits", 1200, (16, 32), 32, 8, (0.1, 0.3, 1.0), (0, 1, 2)),
+    "quick": Config("digits", 1200, (16, 32), 32, 10, (0.3, 1.0), CLAIM_SEEDS),
     "reduced": Config("digits", 1200, (16, 32), 32, 15, (0.1, 0.3, 0.5, 0.7, 1.0, 1.5), (0, 1, 2)),
     "full": Config(
         "mnist5k", 4000, (8, 16), 64, 10, (0.05, 0.1, 0.3, 0.5, 0.7, 1.0), (0, 1, 2)
