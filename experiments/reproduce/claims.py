@@ -11,22 +11,23 @@ the edge of stability is chaotic. A last-bit difference (another CPU family's
 vector kernels, another BLAS code path, a second thread) turns into a different
 trajectory within a few epochs, and whether *one* seed diverges is then a coin
 toss with a machine-dependent outcome. Over several machines' worth of
-perturbed reruns (24 seeds each, `python -m experiments.reproduce.robustness`),
-each seed behaves like a fresh draw from one distribution. At learning rate
-1.0 on digits (10 epochs, k = 5, α = 0.5) we measured, pooled over 6
-perturbations × 24 seeds = 144 runs per optimizer:
+perturbed reruns (`python -m experiments.reproduce.robustness`), each seed
+behaves like a fresh draw from one distribution. At learning rate 1.0 on
+digits (10 epochs, k = 5, α = 0.5) we measured, pooled over 7 variants (this
+machine, ATen's scalar and AVX2 code paths, oneDNN off, two threads, MKL's
+compatible path with two BLAS threads, one ulp on the initial weights) × 24
+seeds = 168 runs per optimizer:
 
-========  =====================  =========  ===================
-optimizer  runs above 90 %       mean acc.  std over seeds
-========  =====================  =========  ===================
-SGD        1 / 144 (0.7 %)        0.34       0.26
-LA(SGD)    115 / 144 (80 %)       0.88       0.20
-========  =====================  =========  ===================
+- SGD: 1 of 168 runs above 90 %, mean accuracy 0.313, std over seeds 0.257,
+  116 runs diverged;
+- LA(SGD): 130 of 168 runs above 90 % (77 %), mean 0.851, std 0.255, 45
+  diverged (5 to 9 of 24 per variant: "no LA(SGD) run diverges" is false on
+  every machine once there are enough seeds).
 
 So the claims are stated on seed statistics, with thresholds far from where
 this distribution puts them (the margins are given next to each rule below),
-and far from where a broken Lookahead puts them (a Lookahead that behaves like
-its inner SGD fails the last two rules by the same margins).
+and far from where a broken Lookahead puts them (one that leaves θ on its own
+path scored a mean of 0.347 and 0 of 24 seeds above 90 %, like SGD).
 """
 
 from __future__ import annotations
@@ -79,19 +80,18 @@ def lr_sweep(results: dict[str, Any]) -> list[Claim]:
     """Lookahead tolerates a higher learning rate than its inner SGD.
 
     At every rate of the grid but the top one, both train (mean accuracy above
-    90 %: at 0.3 both sit near 98 % with a spread of a few tenths of a point).
-    At the top rate (1.0) SGD fails and LA(SGD) trains. With n = 24 seeds and
-    the measured distribution of the module docstring:
+    90 %: at 0.3 both sit near 98 %). At the top rate (1.0) SGD fails and
+    LA(SGD) trains. With n = 24 seeds and the distribution of the module
+    docstring (standard errors from the pooled std over seeds, over √24):
 
-    - SGD's mean below 0.7: measured 0.34 ± 0.26/√24 = ± 0.053, 6.8 standard
-      errors away;
-    - SGD trains in at most a quarter of the seeds: at 0.7 % per seed, 6 or more
-      of 24 has probability 1.4e-8 (exact binomial tail);
-    - LA(SGD) trains in at least half of the seeds: at 80 % per seed, 11 or
-      fewer of 24 has probability 2.3e-4 (exact binomial tail);
-    - LA(SGD)'s mean exceeds SGD's by at least 0.25: measured 0.54, with a
-      standard error of √(0.26² + 0.20²)/√24 = 0.067, 4.3 errors away; a
-      Lookahead that behaves like SGD (difference 0 ± 0.075) is 3.3 errors
+    - SGD's mean below 0.7: measured 0.313 ± 0.052, 7.4 standard errors away;
+    - SGD trains in at most a quarter of the seeds: at 1/168 per seed, 6 or
+      more of 24 has probability 5e-9 (exact binomial tail);
+    - LA(SGD) trains in at least a third of the seeds: at 77 % per seed, 7 or
+      fewer of 24 has probability 7e-7 (at least half would be 8e-4: too close);
+    - LA(SGD)'s mean exceeds SGD's by at least 0.25: measured 0.538 with a
+      standard error of √(0.257² + 0.255²)/√24 = 0.074, 3.9 errors away
+      (5e-5); a Lookahead that behaves like SGD (difference 0) is 3.4 errors
       below the threshold.
     """
     runs, lrs = results["runs"], sorted(results["config"]["learning_rates"])
@@ -110,8 +110,8 @@ def lr_sweep(results: dict[str, Any]) -> list[Claim]:
               f"mean {sgd_mean:.3f}", "mean < 0.7"),
         Claim("lr_sweep", f"sgd fails at lr {top:g} (seeds)", trained_fraction(sgd) <= 0.25,
               f"{trained_fraction(sgd):.3f} of {len(sgd)} seeds trained", "trained fraction ≤ 0.25"),
-        Claim("lr_sweep", f"la_sgd trains at lr {top:g} (seeds)", trained_fraction(la) >= 0.5,
-              f"{trained_fraction(la):.3f} of {len(la)} seeds trained", "trained fraction ≥ 0.5"),
+        Claim("lr_sweep", f"la_sgd trains at lr {top:g} (seeds)", trained_fraction(la) >= 1 / 3,
+              f"{trained_fraction(la):.3f} of {len(la)} seeds trained", "trained fraction ≥ 1/3"),
         Claim("lr_sweep", f"la_sgd ahead of sgd at lr {top:g}", la_mean - sgd_mean >= 0.25,
               f"difference of means {la_mean - sgd_mean:.3f}", "mean(la_sgd) − mean(sgd) ≥ 0.25"),
     ]
