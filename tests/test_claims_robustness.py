@@ -45,12 +45,18 @@ def test_every_claim_holds_under_every_machine_perturbation(reruns) -> None:
 @pytest.mark.slow
 def test_the_perturbations_change_the_runs(reruns) -> None:
     """A perturbation that changed nothing would prove nothing. One ulp on the initial
-    weights changes every run on any machine; the kernel switches change runs only where
-    the machine has the code path they turn off (an AVX2-only CPU already runs AVX2), so
-    they are required to change runs together, not one by one."""
+    weights changes every run whose record holds losses (the sweep's and the grid's:
+    float training losses per epoch) on any machine; Figure 10 records only accuracies,
+    counts of correct images, which a small change of a stable run can leave equal. The
+    kernel switches change runs only where the machine has the code path they turn off
+    (an AVX2-only CPU already runs AVX2), so they are required to change runs together,
+    not one by one."""
+    reference, ulp = reruns["reference"]["outcomes"], reruns["init_ulp"]["outcomes"]
+    for name in ("lr_sweep", "figure9"):
+        assert len(ulp[name]) == len(reference[name])
+        unchanged = [run for run, other in zip(reference[name], ulp[name]) if run == other]
+        assert not unchanged, (name, len(unchanged))
     reference = reruns["reference"]
-    total = sum(len(runs) for runs in reference["outcomes"].values())
-    assert robustness.changed_runs(reference, reruns["init_ulp"]) == total
     kernel_switches = [n for n in robustness.MACHINE_VARIANTS if n not in ("reference", "init_ulp")]
     assert sum(robustness.changed_runs(reference, reruns[n]) for n in kernel_switches) > 0
 

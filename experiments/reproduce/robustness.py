@@ -14,7 +14,7 @@ perturbations are environment variables that the kernels read once, at start:
   AVX2-only CPU, with oneDNN capped to AVX2 too), oneDNN off
   (``torch.backends.mkldnn``), two intra-op threads, MKL's conservative code
   path with two BLAS/OpenMP threads (``MKL_CBWR=COMPATIBLE``), and every
-  initial weight moved up by one ulp;
+  initial weight of the CNN classifiers moved up by one ulp (the LSTMs keep theirs);
 - broken Lookahead variants, each of which must fail at least one claim: the
   fast weights not reset to φ at a sync, the slow weights never moved (θ is
   reset to the initial weights every k steps), and α applied as 1 − α.
@@ -60,7 +60,7 @@ class Variant(NamedTuple):
         env: environment variables set before torch is imported.
         threads: torch intra-op threads.
         onednn: whether oneDNN (mkldnn) kernels are enabled.
-        init_ulp: move every initial weight up by one ulp.
+        init_ulp: move every initial weight of the CNN classifiers up by one ulp.
         broken: the name of a broken sync (`BROKEN_SYNCS`), or ``""``.
     """
 
@@ -90,7 +90,7 @@ VARIANTS = {
         Variant("blas_compatible_2", "MKL's conservative code path, two BLAS/OpenMP threads",
                 env={"MKL_CBWR": "COMPATIBLE", "MKL_NUM_THREADS": "2", "OMP_NUM_THREADS": "2",
                      "OPENBLAS_NUM_THREADS": "2"}),
-        Variant("init_ulp", "every initial weight one ulp up", init_ulp=True),
+        Variant("init_ulp", "every initial weight of the CNN one ulp up", init_ulp=True),
         Variant("broken_no_reset", "broken: θ not reset to φ at a sync", broken="no_reset"),
         Variant("broken_frozen_slow", "broken: φ never moves, θ ← φ every k steps",
                 broken="frozen_slow"),
