@@ -19,6 +19,16 @@ reproduce``, about an hour on two idle CPU cores) and a ``reduced`` one (about
 half of ``full``; the documented numbers). Run ``python -m experiments.reproduce --help``.
 """
 
-from .runner import EXPERIMENTS, SIZES, default_output, run_experiment
+from typing import Any
 
 __all__ = ["EXPERIMENTS", "SIZES", "default_output", "run_experiment"]
+
+
+def __getattr__(name: str) -> Any:
+    """The runner's names, imported on first use (PEP 562): the runner imports torch, and
+    the claim rules (`claims`) and the robustness driver (`robustness`) need none."""
+    if name in __all__:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
