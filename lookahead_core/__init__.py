@@ -19,9 +19,17 @@ compilers), so that ``import lookahead_core`` keeps that promise.
 import importlib
 from typing import Any
 
+from ._cycle import (
+    StepPlan,
+    check_count,
+    check_last_alpha,
+    completes_cycle,
+    count_limit,
+    plan_step,
+)
 from ._inner import AdamState, InnerOptimizer, SGDState, adam, adamw, check_inner, lerp, sgd
+from ._cycle import ALPHA_MODES
 from ._lookahead import (
-    ALPHA_MODES,
     AdaptiveLookaheadState,
     Lookahead,
     LookaheadState,
@@ -30,6 +38,7 @@ from ._lookahead import (
     lookahead,
     secant_alpha,
     secant_alpha_terms,
+    secant_products,
     sync_slow,
 )
 from ._validation import check_alpha, check_arrays, check_k, check_matching
@@ -42,19 +51,26 @@ __all__ = [
     "Lookahead",
     "LookaheadState",
     "SGDState",
+    "StepPlan",
     "adam",
     "adamw",
     "check_alpha",
     "check_alpha_mode",
     "check_arrays",
+    "check_count",
     "check_inner",
     "check_k",
+    "check_last_alpha",
     "check_matching",
+    "completes_cycle",
+    "count_limit",
     "ema_closed_form",
     "lerp",
     "lookahead",
+    "plan_step",
     "secant_alpha",
     "secant_alpha_terms",
+    "secant_products",
     "sgd",
     "sync_slow",
     "theory",

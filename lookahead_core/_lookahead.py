@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
+from ._cycle import ALPHA_MODES, plan_step
 from ._inner import InnerOptimizer, _lerp, check_inner
 from ._validation import check_alpha, check_arrays, check_k, check_matching
 
@@ -37,11 +38,9 @@ __all__ = [
     "lookahead",
     "secant_alpha",
     "secant_alpha_terms",
+    "secant_products",
     "sync_slow",
 ]
-
-ALPHA_MODES = ("fixed", "adaptive")
-"""The values `lookahead` accepts for ``alpha_mode``."""
 
 Array = Any
 Arrays = tuple[Array, ...]
@@ -236,92 +235,57 @@ def lookahead(
     check_inner(inner)
     k = check_k(k)
     alpha, alpha_mode, alpha_min = check_alpha_mode(alpha, alpha_mode, alpha_min)
-    if alpha_mode == "adaptive":
-        return _adaptive_lookahead(inner, k, alpha, alpha_min)
+    adaptive = alpha_mode == "adaptive"
+    state_type = AdaptiveLookaheadState if adaptive else LookaheadState
+    hint = " (alpha_mode='adaptive')" if adaptive else ""
 
-    def init(params: Sequence[Array]) -> LookaheadState:
+    def init(params: Sequence[Array]) -> AnyLookaheadState:
         xp, params = check_arrays("params", params)
-        return LookaheadState(tuple(_copy(xp, p) for p in params), inner.init(params), 0)
+        slow = tuple(_copy(xp, p) for p in params)
+        if adaptive:
+            start_grads = tuple(xp.zeros_like(p) for p in params)
+            return AdaptiveLookaheadState(slow, inner.init(params), 0, start_grads, None)
+        return LookaheadState(slow, inner.init(params), 0)
 
     def step(
-        params: Sequence[Array], grads: Sequence[Array], state: LookaheadState
-    ) -> tuple[Arrays, LookaheadState]:
+        params: Sequence[Array], grads: Sequence[Array], state: AnyLookaheadState
+    ) -> tuple[Arrays, AnyLookaheadState]:
         xp, params = check_arrays("params", params)
-        check_state(params, state, LookaheadState)
+        check_state(params, state, state_type, hint)
         _check_python_count(state.count)
-        fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
-        count = state.count + 1
-        if count < k:
-            return fast, LookaheadState(state.slow, inner_state, count)
-        fast, slow = sync_slow(fast, state.slow, alpha)
-        return fast, LookaheadState(slow, inner_state, 0)
-
-    def sync(params: Sequence[Array], state: LookaheadState) -> tuple[Arrays, LookaheadState]:
-        _, params = check_arrays("params", params)
-        check_state(params, state, LookaheadState)
-        fast, slow = sync_slow(params, state.slow, alpha)
-        return fast, LookaheadState(slow, state.inner, 0)
-
-    return Lookahead(init, step, sync, inner, k, alpha, alpha_mode, alpha_min)
-
-
-def _adaptive_lookahead(
-    inner: InnerOptimizer, k: int, alpha: float, alpha_min: float
-) -> Lookahead:
-    """`lookahead` with ``alpha_mode="adaptive"`` (arguments already validated).
-
-    Why a separate sync call: the k-th inner step evaluates its gradient at
-    θ_{t,k-1}, so ∇L(θ_{t,k}), which the estimate needs, exists only once the
-    caller has evaluated the loss at the returned θ_{t,k}. Taking it through
-    the next ``step`` call keeps the training loop unchanged (always pass the
-    gradient at the parameters you were given) and the estimate exact on
-    quadratics; a gradient extrapolated from the next cycle would not be.
-    """
-
-    def init(params: Sequence[Array]) -> AdaptiveLookaheadState:
-        xp, params = check_arrays("params", params)
-        return AdaptiveLookaheadState(
-            tuple(_copy(xp, p) for p in params),
-            inner.init(params),
-            0,
-            tuple(xp.zeros_like(p) for p in params),
-            None,
-        )
-
-    def step(
-        params: Sequence[Array], grads: Sequence[Array], state: AdaptiveLookaheadState
-    ) -> tuple[Arrays, AdaptiveLookaheadState]:
-        xp, params = check_arrays("params", params)
-        check_state(params, state, AdaptiveLookaheadState, " (alpha_mode='adaptive')")
-        _check_python_count(state.count)
-        if state.count == k:
-            # grads = ∇L(θ_{t,k}): estimate α* (eq. 0.3) and sync; no inner step.
+        plan = plan_step(state.count, k, alpha_mode)
+        step_alpha = alpha
+        if plan.estimate:
+            # grads = ∇L(θ_{t,k}): α* of eq. 0.3 from gradients only.
             numerator, denominator = secant_alpha_terms(
                 state.slow, params, state.start_grads, grads
             )
             step_alpha = secant_alpha(numerator, denominator, alpha_min, alpha)
-            fast, slow = sync_slow(params, state.slow, step_alpha)
-            return fast, AdaptiveLookaheadState(
-                slow, state.inner, 0, state.start_grads, step_alpha
-            )
-        fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
+        fast, inner_state = params, state.inner
+        if plan.inner:
+            fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
+        slow = state.slow
+        if plan.sync:
+            fast, slow = sync_slow(fast, slow, step_alpha)
+        if not adaptive:
+            return fast, LookaheadState(slow, inner_state, plan.count)
         # First step of a cycle: params = θ_{t,0} = φ, grads = ∇L(θ_{t,0}).
         start_grads = (
-            tuple(_copy(xp, g) for g in grads) if state.count == 0 else state.start_grads
+            tuple(_copy(xp, g) for g in grads) if plan.record_start else state.start_grads
         )
-        return fast, AdaptiveLookaheadState(
-            state.slow, inner_state, state.count + 1, start_grads, state.last_alpha
-        )
+        last_alpha = step_alpha if plan.sync else state.last_alpha
+        return fast, AdaptiveLookaheadState(slow, inner_state, plan.count, start_grads, last_alpha)
 
-    def sync(
-        params: Sequence[Array], state: AdaptiveLookaheadState
-    ) -> tuple[Arrays, AdaptiveLookaheadState]:
+    def sync(params: Sequence[Array], state: AnyLookaheadState) -> tuple[Arrays, AnyLookaheadState]:
         _, params = check_arrays("params", params)
-        check_state(params, state, AdaptiveLookaheadState, " (alpha_mode='adaptive')")
+        check_state(params, state, state_type, hint)
+        # An explicit sync uses the fixed α, whatever the mode and the position.
         fast, slow = sync_slow(params, state.slow, alpha)
-        return fast, AdaptiveLookaheadState(slow, state.inner, 0, state.start_grads, alpha)
+        if adaptive:
+            return fast, AdaptiveLookaheadState(slow, state.inner, 0, state.start_grads, alpha)
+        return fast, LookaheadState(slow, state.inner, 0)
 
-    return Lookahead(init, step, sync, inner, k, alpha, "adaptive", alpha_min)
+    return Lookahead(init, step, sync, inner, k, alpha, alpha_mode, alpha_min)
 
 
 def _as_python_real(name: str, value: Any) -> float:
@@ -368,12 +332,27 @@ def secant_alpha_terms(
     numerator = 0.0
     denominator = 0.0
     for phi, theta, g0, gk in zip(slow, fast, start_grads, end_grads):
-        if xp.finfo(phi.dtype).bits < 32:
-            phi, theta, g0, gk = (xp.astype(x, xp.float32) for x in (phi, theta, g0, gk))
-        d = phi - theta
-        numerator += float(xp.sum(g0 * d))
-        denominator += float(xp.sum((g0 - gk) * d))
+        array_numerator, array_denominator = secant_products(phi, theta, g0, gk)
+        numerator += float(array_numerator)
+        denominator += float(array_denominator)
     return numerator, denominator
+
+
+def secant_products(phi: Array, theta: Array, g0: Array, gk: Array) -> tuple[Array, Array]:
+    """One array's share of `secant_alpha_terms`: ``(g₀ᵀd, (g₀ − g_k)ᵀd)`` with d = φ − θ.
+
+    Returned as two 0-d arrays on the arrays' device, so that an adapter can
+    compute every array's share and bring them to the host at once. The
+    products are computed in the promoted dtype of the four arrays, 16-bit
+    floats promoted to float32 first; the arrays must share a namespace.
+    """
+    xp = array_api_compat.array_namespace(phi, theta, g0, gk)
+    dtype = xp.result_type(phi, theta, g0, gk)
+    if xp.finfo(dtype).bits < 32:
+        dtype = xp.float32
+    phi, theta, g0, gk = (xp.astype(x, dtype, copy=False) for x in (phi, theta, g0, gk))
+    d = phi - theta
+    return xp.sum(g0 * d), xp.sum((g0 - gk) * d)
 
 
 def secant_alpha(

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
+from ._cycle import completes_cycle
 from ._inner import InnerOptimizer, check_inner
 from ._lookahead import Lookahead, check_state, inner_step, sync_slow
 from ._validation import check_alpha, check_arrays, check_k
@@ -80,7 +81,8 @@ def lookahead(
     cycle, the sync ``φ ← φ + α(θ − φ)`` by two-sided lerp and ``θ ← φ``
     (eq. 0.1 unrolled). The difference is the state: the cycle position is a
     0-d array, and the step chooses between "sync" and "keep" with
-    ``cond(count == k, sync, keep, fast, slow, count)``.
+    ``cond(completes_cycle(count, k), sync, keep, fast, slow, count + 1)``
+    (`lookahead_core.completes_cycle`, the rule every backend follows).
 
     Args:
         inner: the inner optimizer A; traceable if the step is to be compiled.
@@ -124,8 +126,9 @@ def lookahead(
         xp, params = check_arrays("params", params)
         check_state(params, state, TraceableLookaheadState)
         fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
+        due = completes_cycle(state.count, k)
         count = xp.asarray(state.count + 1)  # NumPy: 0-d + int is a scalar, keep an array
-        fast, slow, count = cond(count == k, _sync, _keep, fast, tuple(state.slow), count)
+        fast, slow, count = cond(due, _sync, _keep, fast, tuple(state.slow), count)
         return tuple(fast), TraceableLookaheadState(tuple(slow), inner_state, count)
 
     def sync(

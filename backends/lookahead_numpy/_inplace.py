@@ -227,35 +227,36 @@ class InPlaceLookahead:
             RuntimeError: called inside `slow_weights`.
         """
         self._refuse_while_swapped("step")
-        if self._alpha_mode == "adaptive" and self._count == self._k:
-            self._adaptive_sync(grads)
-            return
-        # The core's update is pure and checks grads against params first, so
-        # a bad input raises here with the parameters and state untouched.
-        delta, self._inner_state = self._inner.update(grads, self._inner_state, self._params)
-        if self._start_grads is not None and self._count == 0:
-            for buffer, grad in zip(self._start_grads, grads):  # grads = ∇L(θ_{t,0})
-                self._assign(buffer, grad)
-        self._apply(self._fast, delta)
-        self._count += 1
-        if self._count == self._k and self._alpha_mode == "fixed":
-            self._sync_now()
+        plan = lc.plan_step(self._count, self._k, self._alpha_mode)
+        alpha = self._alpha
+        if plan.estimate:
+            alpha = self._estimate_alpha(grads)
+        if plan.inner:
+            # The core's update is pure and checks grads against params first, so
+            # a bad input raises here with the parameters and state untouched.
+            delta, self._inner_state = self._inner.update(grads, self._inner_state, self._params)
+            if plan.record_start:
+                for buffer, grad in zip(self._start_grads, grads):  # grads = ∇L(θ_{t,0})
+                    self._assign(buffer, grad)
+            self._apply(self._fast, delta)
+        if plan.sync:
+            self._lerp_and_reset(alpha)
+            if self._alpha_mode == "adaptive":
+                self._last_alpha = alpha
+        self._count = plan.count
 
-    def _adaptive_sync(self, grads: Sequence[Any]) -> None:
-        """The call after the k-th step in adaptive mode: ``grads`` = ∇L(θ_{t,k}).
+    def _estimate_alpha(self, grads: Sequence[Any]) -> float:
+        """Adaptive mode, the call after the k-th step: α from ``grads`` = ∇L(θ_{t,k}).
 
-        α = Proposition 1's α* (eq. 0.3) from gradients only, clipped to
-        ``[alpha_min, 1]`` exactly as `lookahead_core.lookahead` does; then the
-        sync with that α. No inner step. The two inner products allocate
-        temporaries (this mode is opt-in; the fixed-α sync allocates nothing).
+        Proposition 1's α* (eq. 0.3) from gradients only, clipped to
+        ``[alpha_min, 1]`` exactly as `lookahead_core.lookahead` does. The two
+        inner products allocate temporaries (this mode is opt-in; the fixed-α
+        sync allocates nothing).
         """
         numerator, denominator = lc.secant_alpha_terms(
             self._slow, self._fast, self._start_grads, grads
         )
-        alpha = lc.secant_alpha(numerator, denominator, self._alpha_min, self._alpha)
-        self._lerp_and_reset(alpha)
-        self._count = 0
-        self._last_alpha = alpha
+        return lc.secant_alpha(numerator, denominator, self._alpha_min, self._alpha)
 
     def sync(self) -> None:
         """The outer update now: ``φ ← φ + α(θ − φ)``, then ``θ ← φ`` (eq. 0.1).
@@ -389,18 +390,11 @@ class InPlaceLookahead:
                 alpha, _, alpha_min = lc.check_alpha_mode(alpha, mode, alpha_min)
             except (TypeError, ValueError) as exc:
                 raise _reraise_for_key("alpha_min", exc) from None
-            last_alpha = as_float("last_alpha", values["last_alpha"])
-            if last_alpha == last_alpha and not alpha_min <= last_alpha <= 1.0:
-                raise ValueError(
-                    f"state_dict['last_alpha'] must be NaN or in [alpha_min, 1], got {last_alpha}"
-                )
-        if adaptive and not 0 <= count <= k:
-            raise ValueError(
-                f"state_dict['count'] must be in [0, k] = [0, {k}] in adaptive mode "
-                f"(k: the sync is pending), got {count}"
+            last_alpha = lc.check_last_alpha(
+                as_float("last_alpha", values["last_alpha"]), alpha_min,
+                name="state_dict['last_alpha'] (NaN: no sync yet)",
             )
-        if not adaptive and not 0 <= count < k:
-            raise ValueError(f"state_dict['count'] must be in [0, k) = [0, {k}), got {count}")
+        count = lc.check_count(count, k, self._alpha_mode, name="state_dict['count']")
 
         slow = self._checked_arrays("slow", values)
         start_grads = self._checked_arrays("start_grads", values) if adaptive else None
@@ -423,7 +417,7 @@ class InPlaceLookahead:
             for buffer, array in zip(self._start_grads, start_grads):
                 self._assign(buffer, array)
             self._alpha_min = alpha_min
-            self._last_alpha = None if last_alpha != last_alpha else last_alpha
+            self._last_alpha = last_alpha
         self._inner_state = inner_state
         self._k, self._alpha, self._count = k, alpha, count
 
