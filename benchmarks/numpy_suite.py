@@ -2,7 +2,7 @@
 
 - syncs: the adapter's blockwise sync (dense pairs with the difference held in
   place), the same adapter through the scratch-buffer kernel it used before
-  (``_blocks.lerp_and_reset_scratch``, the reference the fast path must beat),
+  (``blocks.lerp_and_reset_scratch``, the reference the fast path must beat),
   and the core's pure ``sync``, next to ``np.copyto`` of 2 × the parameter bytes;
 - steps: the adapter against the core's inner optimizer applied in place
   (``θ += delta``, what the adapter does without Lookahead), the core's
@@ -18,7 +18,7 @@ import numpy as np
 
 import lookahead_core as lc
 from lookahead_numpy import Lookahead
-from lookahead_numpy import _blocks
+from lookahead_numpy import blocks
 
 from .memory import numpy_call_bytes, state_bytes
 from .results import NUMPY_OURS, Row, SetResult, sync_ratio_key
@@ -55,7 +55,7 @@ def _sync_group(pset: ParamSet, host: list[np.ndarray], rounds: dict[str, Any],
 
     def scratch_sync() -> None:
         for pair in ours._pairs:
-            _blocks.lerp_and_reset_scratch(pair, ALPHA)
+            blocks.lerp_and_reset_scratch(pair, ALPHA)
 
     core = lc.lookahead(lc.sgd(lr=LR), k=K, alpha=ALPHA)
     core_params = tuple(a.copy() for a in host)

@@ -29,7 +29,7 @@ from core_helpers import assert_bit_identical, to_numpy
 import lookahead_core as lc
 from lookahead_core import traceable
 from lookahead_numpy import Lookahead as NumpyLookahead
-from lookahead_numpy import _blocks
+from lookahead_numpy import blocks as _blocks
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import lookahead_core as lc
-import lookahead_numpy._optimizer as optimizer_module
+import lookahead_numpy.blocks as optimizer_module
 from lookahead_numpy import Lookahead
 
 # --- helpers ----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ HINT = "pip install 'lookahead-optimizer[conformance]'"
 
 PACKAGE_FOLDERS = {  # import name -> its folder in the repository
     "lookahead_core": "lookahead_core",
+    "lookahead_inplace": "backends/lookahead_inplace",
     "lookahead_numpy": "backends/lookahead_numpy",
     "lookahead_torch": "backends/lookahead_torch",
     "lookahead_cupy": "backends/lookahead_cupy",

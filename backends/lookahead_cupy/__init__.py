@@ -1,11 +1,12 @@
 """lookahead_cupy: in-place Lookahead on CuPy arrays, with a fused one-pass GPU sync.
 
-The same contract as ``lookahead_numpy`` (whose library-neutral code it
-reuses), on the GPU: the caller's arrays are the fast weights θ and are
-updated in place; the optimizer holds the slow weights φ (one copy of the
-parameters, one buffer per dtype) and the inner optimizer's state, which the
-core's inner optimizers compute on CuPy through array-api-compat. The sync is
-one fused kernel per dtype that reads θ and φ once and writes both.
+The same contract as ``lookahead_numpy`` (both subclass the library-neutral
+``lookahead_inplace.InPlaceLookahead``), on the GPU: the caller's arrays are
+the fast weights θ and are updated in place; the optimizer holds the slow
+weights φ (one copy of the parameters, one buffer per dtype) and the inner
+optimizer's state, which the core's inner optimizers compute on CuPy through
+array-api-compat. The sync is one fused kernel per dtype that reads θ and φ
+once and writes both.
 
 Importing this package needs neither CuPy nor a GPU; `skip_reason` says
 whether they are there.

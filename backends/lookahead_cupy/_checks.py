@@ -1,9 +1,9 @@
 """Checks on the arrays handed to the CuPy adapter.
 
-The NumPy adapter's memory rules apply unchanged (they need only an address,
-the shape, the strides and the item size): a parameter must not overlap
-itself and no two parameters may share memory, since the sync writes each
-element once. CuPy arrays have no read-only flag, so there is no writeability
+The in-place memory rules of `lookahead_inplace.memory` apply unchanged
+(they need only an address, the shape, the strides and the item size): a
+parameter must not overlap itself and no two parameters may share memory,
+since the sync writes each element once. CuPy arrays have no read-only flag, so there is no writeability
 check.
 
 Whether two arrays share memory is `shares_memory`, not ``cupy.shares_memory``
@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lookahead_core as lc
-from lookahead_numpy._checks import _byte_extent as byte_extent
-from lookahead_numpy._checks import check_no_self_overlap, check_no_shared_memory
+from lookahead_inplace import byte_extent, check_no_self_overlap, check_no_shared_memory
 
 from ._device import require_cupy
 from ._kernels import SUPPORTED_DTYPES

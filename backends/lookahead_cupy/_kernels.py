@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from lookahead_numpy._blocks import lerp_weights
+from lookahead_inplace import lerp_weights
 
 from ._device import require_cupy
 

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 import lookahead_core as lc
-from lookahead_numpy._blocks import memory_order
-from lookahead_numpy._inplace import InPlaceLookahead
+from lookahead_inplace import InPlaceLookahead, memory_order
 
 from ._checks import check_kernel_mode, check_params
 from ._device import require_cupy

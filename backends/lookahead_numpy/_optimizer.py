@@ -9,9 +9,10 @@ import numpy as np
 
 import lookahead_core as lc
 
-from ._blocks import DEFAULT_BLOCK_BYTES, BlockPair, lerp_and_reset, make_pairs, swap
+from lookahead_inplace import InPlaceLookahead
+
+from . import blocks
 from ._checks import check_block_bytes, check_params
-from ._inplace import InPlaceLookahead
 
 __all__ = ["Lookahead"]
 
@@ -87,9 +88,9 @@ class Lookahead(InPlaceLookahead):
         *,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
-        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        block_bytes: int = blocks.DEFAULT_BLOCK_BYTES,
     ) -> None:
-        self._pairs: tuple[BlockPair, ...] = ()
+        self._pairs: tuple[blocks.BlockPair, ...] = ()
         super().__init__(
             params, inner, k, alpha,
             alpha_mode=alpha_mode, alpha_min=alpha_min, block_bytes=block_bytes,
@@ -104,7 +105,7 @@ class Lookahead(InPlaceLookahead):
         return check_params(params)
 
     def _setup(self, params: tuple[np.ndarray, ...], *, block_bytes: int) -> tuple[np.ndarray, ...]:
-        slow, self._pairs = make_pairs(params, block_bytes)
+        slow, self._pairs = blocks.make_pairs(params, block_bytes)
         return slow
 
     def _plain(self, param: np.ndarray) -> np.ndarray:
@@ -116,12 +117,13 @@ class Lookahead(InPlaceLookahead):
 
     def _lerp_and_reset(self, alpha: float) -> None:
         # Blockwise through the preallocated scratch: allocates no array memory.
+        # Looked up on the module at each call, so a test can count the kernel's calls.
         for pair in self._pairs:
-            lerp_and_reset(pair, alpha)
+            blocks.lerp_and_reset(pair, alpha)
 
     def _swap(self) -> None:
         for pair in self._pairs:
-            swap(pair)
+            blocks.swap(pair)
 
     def _public_views(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         views = []

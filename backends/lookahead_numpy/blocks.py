@@ -1,5 +1,9 @@
 """Blockwise, allocation-free kernels over (fast, slow) array pairs.
 
+The NumPy adapter's array work. The module is importable by name so that
+tests and benchmarks can run one kernel alone; the adapter's API is
+``lookahead_numpy.Lookahead``.
+
 The sync reads θ and φ once and writes both; done array-at-a-time with NumPy
 expressions it would allocate a temporary as large as the parameter for
 ``θ − φ``. Here every parameter is cut into blocks of a few hundred KiB and
@@ -9,15 +13,16 @@ once at construction (the others), so a sync allocates no array memory and
 each block stays in cache between the operations that touch it.
 
 Layout. Each slow buffer is allocated C-contiguous *in the parameter's memory
-order* (axes sorted by decreasing stride), and both are viewed through that
-transposition. When the parameter's memory is dense (C- or F-contiguous, or
-any axis permutation of a contiguous array) the pair is flattened to 1-D views
-and blocks are plain slices. Otherwise (strided or reversed views) the pair
-stays n-dimensional and blocks are cut along the leading axes: slower, but
-still correct and still allocation-free. There, each θ block is first copied
-into a second, contiguous scratch block and the arithmetic runs on contiguous
-operands only: a NumPy ufunc with a non-contiguous n-d operand allocates an
-iterator buffer (64 KiB), ``np.copyto`` does not.
+order* (axes sorted by decreasing stride, `lookahead_inplace.memory_order`),
+and both are viewed through that transposition. When the parameter's memory
+is dense (C- or F-contiguous, or any axis permutation of a contiguous array)
+the pair is flattened to 1-D views and blocks are plain slices. Otherwise
+(strided or reversed views) the pair stays n-dimensional and blocks are cut
+along the leading axes: slower, but still correct and still allocation-free.
+There, each θ block is first copied into a second, contiguous scratch block
+and the arithmetic runs on contiguous operands only: a NumPy ufunc with a
+non-contiguous n-d operand allocates an iterator buffer (64 KiB),
+``np.copyto`` does not.
 """
 
 from __future__ import annotations
@@ -27,14 +32,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lookahead_inplace import lerp_weights, memory_order
+
 __all__ = [
-    "lerp_weights",
     "DEFAULT_BLOCK_BYTES",
     "BlockPair",
     "lerp_and_reset",
     "lerp_and_reset_scratch",
     "make_pairs",
-    "memory_order",
     "swap",
 ]
 
@@ -96,18 +101,6 @@ def make_pairs(
     return tuple(slow for _, _, slow in work), pairs
 
 
-def memory_order(strides: tuple[int, ...]) -> list[int]:
-    """The axes sorted by decreasing ``|stride|``: the order the elements lie in memory.
-
-    ``array.transpose(memory_order(array.strides))`` is C-contiguous exactly when
-    the array's memory is dense (C- or F-contiguous, or any axis permutation of
-    a contiguous array); then a buffer laid out C-contiguous in that order pairs
-    its elements with the array's, element for element, in one flat walk. Works
-    for any strided array (NumPy, CuPy).
-    """
-    return sorted(range(len(strides)), key=lambda axis: -abs(strides[axis]))
-
-
 def _allocate_slow(param: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(fast_work, slow_work, slow)`` with ``slow`` a fresh copy of ``param``."""
     param = param.view(np.ndarray)  # subclasses (memmap, ...) add nothing to the arithmetic
@@ -153,16 +146,6 @@ def lerp_and_reset(pair: BlockPair, alpha: float) -> None:
         _lerp_and_reset_dense(pair.fast, pair.slow, pair.block, alpha)
     else:
         lerp_and_reset_scratch(pair, alpha)
-
-
-def lerp_weights(alpha: float) -> tuple[float, bool]:
-    """``(weight, low)`` of the two-sided lerp: ``(α, True)`` if α < 0.5, else ``(1 − α, False)``.
-
-    ``1 − α`` is computed here in double precision, as `lookahead_core.lerp`
-    computes it (the CuPy kernels round it to their compute type when it is passed).
-    """
-    low = alpha < 0.5
-    return (alpha if low else 1.0 - alpha), low
 
 
 def lerp_and_reset_scratch(pair: BlockPair, alpha: float) -> None:

@@ -1,4 +1,4 @@
-"""The in-place Lookahead, written once for every ndarray library.
+"""The in-place Lookahead, written once for every strided array library.
 
 `InPlaceLookahead` holds what Algorithm 1 asks of an in-place adapter that does
 not depend on the array library: the argument checks, the schedule (count,
@@ -39,7 +39,7 @@ import numpy as np
 
 import lookahead_core as lc
 
-from ._checkpoint import (
+from .checkpoint import (
     as_array,
     as_float,
     as_int,
