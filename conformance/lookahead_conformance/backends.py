@@ -1,16 +1,17 @@
-"""The built-in backends: the core on each Array API library, and the NumPy adapter.
+"""The kit's own backends: the functional core on each Array API library.
 
 Each is registered under the entry-point group ``lookahead.backends`` in the
 project's ``pyproject.toml``:
 
 | name | what runs |
 |---|---|
-| ``numpy`` | `lookahead_numpy.Lookahead`, in place on NumPy arrays |
 | ``core-numpy``, ``core-array-api-strict``, ``core-torch``, ``core-jax`` | the functional `lookahead_core.lookahead` on that library's arrays |
 
-The PyTorch and CuPy adapters register their own backends (``torch``,
-``torch-cuda``, ``cupy``) from their packages. Nothing here imports an array
-library before a backend is used, so every entry point loads on any machine.
+The adapters register their own backends from their packages: ``numpy``
+(``lookahead_numpy._conformance``), ``torch`` and ``torch-cuda``
+(``lookahead_torch._conformance``), ``cupy`` (``lookahead_cupy._conformance``);
+the kit imports no adapter. Nothing here imports an array library other than
+NumPy before a backend is used, so every entry point loads on any machine.
 
 The protocol and the registry live in `lookahead_conformance.protocol` and
 `lookahead_conformance.registry`; their names are re-exported here.
@@ -32,21 +33,11 @@ __all__ = [
     "BrokenBackend",
     "CoreBackend",
     "InnerSpec",
-    "NumpyAdapterBackend",
     "Runner",
     "load_backend",
     "protocol_violations",
     "registered_backends",
 ]
-
-
-def _shares_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    return bool(a.size and b.size and np.shares_memory(a, b))
-
-
-def _any_aliasing(fast: Sequence[np.ndarray], slow: Sequence[np.ndarray]) -> bool:
-    # Every pair, not only matching indices: slow[1] inside fast[0] is aliasing too.
-    return any(_shares_memory(f, s) for f in fast for s in slow)
 
 
 def _overlap(a: tuple[int, int], b: tuple[int, int]) -> bool:
@@ -188,87 +179,6 @@ class CoreBackend:
         return _CoreRunner(self, params, opt)
 
 
-# --- the NumPy adapter ----------------------------------------------------------------------
-
-
-class _NumpyAdapterRunner:
-    """`lookahead_numpy.Lookahead` over fresh copies of the parameters."""
-
-    def __init__(self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float):
-        from lookahead_numpy import Lookahead
-
-        self._params = [np.array(p, copy=True) for p in params]
-        self._opt = Lookahead(self._params, inner.build_core(), k=k, alpha=alpha)
-
-    def step(self, grads: Sequence[np.ndarray]) -> None:
-        self._opt.step(list(grads))
-
-    def fast(self) -> list[np.ndarray]:
-        return [p.copy() for p in self._params]
-
-    def slow(self) -> list[np.ndarray]:
-        return [np.array(s, copy=True) for s in self._opt.slow]
-
-    def save(self) -> Any:
-        return self._opt.state_dict(include_params=True)
-
-    def restore(self, saved: Any) -> None:
-        self._opt.load_state_dict(saved)
-
-    # capabilities
-    def extra_state_bytes(self) -> int:
-        # What the adapter persists beyond the inner optimizer: its checkpoint minus
-        # the inner state. The sync's scratch block (at most 256 KiB per dtype, not
-        # growing with the model, holding nothing between steps) is workspace, not state.
-        return sum(
-            value.nbytes for key, value in self._opt.state_dict().items()
-            if isinstance(value, np.ndarray) and not key.startswith("inner.")
-        )
-
-    def aliases(self) -> bool:
-        return _any_aliasing(self._params, self._opt.slow)
-
-    def device(self) -> str:
-        return "cpu"
-
-
-class NumpyAdapterBackend:
-    """``lookahead_numpy.Lookahead``: in place on NumPy arrays."""
-
-    name = "numpy"
-    dtypes = ("float32", "float64")
-
-    def __repr__(self) -> str:
-        return "NumpyAdapterBackend()"
-
-    def skip_reason(self) -> str | None:
-        try:
-            import lookahead_numpy  # noqa: F401
-        except ImportError as exc:
-            return f"lookahead_numpy not importable: {exc}"
-        return None
-
-    def namespace(self) -> Any:
-        import array_api_compat
-
-        return array_api_compat.array_namespace(np.empty(0))
-
-    def device(self) -> str:
-        return "cpu"
-
-    def from_numpy(self, array: np.ndarray) -> np.ndarray:
-        return np.array(array, copy=True)
-
-    def to_numpy(self, array: np.ndarray) -> np.ndarray:
-        return np.array(array, copy=True)
-
-    def create(
-        self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, alpha: float
-    ) -> Runner:
-        return _NumpyAdapterRunner(params, inner, k, alpha)
-
-
-numpy_adapter = NumpyAdapterBackend()
 core_numpy = CoreBackend("core-numpy", "numpy")
 core_array_api_strict = CoreBackend("core-array-api-strict", "array_api_strict")
 core_torch = CoreBackend("core-torch", "torch")
