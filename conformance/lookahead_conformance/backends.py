@@ -7,9 +7,8 @@ project's ``pyproject.toml``:
 |---|---|
 | ``core-numpy``, ``core-array-api-strict``, ``core-torch``, ``core-jax`` | the functional `lookahead_core.lookahead` on that library's arrays |
 
-The adapters register their own backends from their packages: ``numpy``
-(``lookahead_numpy._conformance``), ``torch`` and ``torch-cuda``
-(``lookahead_torch._conformance``), ``cupy`` (``lookahead_cupy._conformance``);
+The adapters register their own backends (``numpy``, ``torch``,
+``torch-cuda``, ``cupy``), each from a ``_conformance`` module of its package;
 the kit imports no adapter. Nothing here imports an array library other than
 NumPy before a backend is used, so every entry point loads on any machine.
 
