@@ -251,7 +251,20 @@ def scenario_ddp(ctx: Ctx) -> None:
         fast.append(clones(model.parameters()))
         slow.append(clones(opt.slow[0]))
         counts.append(opt.counts[0])
-    ctx.save("ddp", {"fast": fast, "slow": slow, "counts": counts})
+    # Mid-cycle, through torch's own checkpoint helpers, into a fresh DDP run.
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    train(ctx, model, opt, range(STEPS, STEPS + 1))
+    opt.zero_grad()
+    saved = get_optimizer_state_dict(model, opt)
+    fresh_model = DDP(make_model())
+    fresh = Lookahead(INNER["sgd-nesterov"](fresh_model.parameters()), k=K, alpha=ALPHA)
+    with torch.no_grad():
+        for p, q in zip(fresh_model.parameters(), model.parameters()):
+            p.copy_(q)
+    set_optimizer_state_dict(fresh_model, fresh, saved)
+    round_trip = {"saved": optimizer_snapshot(model, opt), "loaded": optimizer_snapshot(fresh_model, fresh)}
+    ctx.save("ddp", {"fast": fast, "slow": slow, "counts": counts, "round_trip": round_trip})
 
 
 def _accumulate(ctx: Ctx, model: torch.nn.Module, opt: Any, no_sync: Callable[[bool], Any]) -> dict[str, Any]:
@@ -576,18 +589,15 @@ def scenario_fsdp2_memory(ctx: Ctx) -> None:
 
 
 def dcp_state(model: torch.nn.Module, opt: Any) -> dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    from lookahead_torch.distributed import get_optimizer_state_dict
+    # torch's own helpers: Lookahead's checkpoint travels in 'state' and 'param_groups'.
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
 
 
 def dcp_load(model: torch.nn.Module, opt: Any, path: Path) -> None:
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-    from lookahead_torch.distributed import set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     state = dcp_state(model, opt)  # the template dcp.load fills in place
     dcp.load(state, checkpoint_id=str(path))
@@ -665,11 +675,11 @@ def _full_state_dict_round_trip(model: torch.nn.Module, opt: Any, build: Callabl
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
+        get_optimizer_state_dict,
         set_model_state_dict,
+        set_optimizer_state_dict,
     )
     from torch.distributed.tensor import DTensor
-
-    from lookahead_torch.distributed import get_optimizer_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
     model_sd = get_model_state_dict(model, options=options)

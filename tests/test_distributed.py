@@ -207,6 +207,14 @@ def test_ddp_ranks_hold_bit_identical_fast_and_slow_weights_over_several_syncs(r
     assert moved == sync_steps(rank0["counts"]) == [2, 5, 8]
 
 
+def test_ddp_checkpoint_through_torch_s_own_helpers_is_bit_exact(ranks):
+    for record in ranks("ddp"):
+        saved, loaded = record["round_trip"]["saved"], record["round_trip"]["loaded"]
+        assert saved["counts"] == ((W.STEPS + 1) % W.K,)  # mid-cycle
+        assert saved["inner"][0]["momentum_buffer"] is not None
+        assert_snapshots_equal(loaded, saved)
+
+
 def test_ddp_equals_one_process_on_the_concatenated_batch(ranks):
     rank0, _ = ranks("ddp")
     expected = reference("sgd-nesterov", W.STEPS, W.K, W.ALPHA, W.global_batch)
@@ -505,58 +513,121 @@ def testdcp_state_initialization_step_is_not_a_training_step():
     assert_bit_identical(list(opt.slow[0]), list(straight.slow[0]))
 
 
-def testdcp_state_dict_carries_the_lookahead_section_and_loads_all_or_nothing():
+@pytest.mark.parametrize("helpers", ["torch", "lookahead_torch"])
+def testdcp_state_dict_carries_lookahead_and_loads_all_or_nothing(helpers):
+    """torch's own get/set_optimizer_state_dict carry everything (and this package's aliases)."""
+    from torch.distributed.checkpoint import state_dict as torch_helpers
+
+    get, set_ = ((torch_helpers.get_optimizer_state_dict, torch_helpers.set_optimizer_state_dict)
+                 if helpers == "torch" else (get_optimizer_state_dict, set_optimizer_state_dict))
     model, opt = _trained("adamw")
-    sd = get_optimizer_state_dict(model, opt)
-    assert set(sd) == {"state", "param_groups", "lookahead"}
-    assert sd["lookahead"] == {"format": 1, "k": W.K, "alpha": W.ALPHA, "pullback": "none", "rollbacks": 0}
+    sd = get(model, opt)
+    assert set(sd) == {"state", "param_groups"}
     assert set(sd["state"]) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert {"lookahead_slow", "exp_avg", "exp_avg_sq", "step"} <= set(sd["state"]["0.weight"])
     assert sd["param_groups"][0]["lookahead_count"] == W.SAVE_AT % W.K
+    assert sd["param_groups"][0]["lookahead_k"] == W.K
     saved = copy.deepcopy(sd)
 
     fresh_model, fresh = _trained("adamw", steps=0)
     with torch.no_grad():
         for p, q in zip(fresh_model.parameters(), model.parameters()):
             p.copy_(q)
-    set_optimizer_state_dict(fresh_model, fresh, saved)
+    set_(fresh_model, fresh, saved)
     assert fresh.counts == opt.counts
     assert_bit_identical(list(fresh.slow[0]), list(opt.slow[0]))
     for p, q in zip(fresh_model.parameters(), model.parameters()):
         assert_bit_identical([fresh.state[p]["exp_avg"]], [opt.state[q]["exp_avg"]])
 
-    # a bad section: refused, nothing changed
+    # a bad entry: refused, nothing changed
     other_model, other = _trained("adamw", steps=2)
     counts, slow = other.counts, [s.clone() for s in other.slow[0]]
     moments = [other.state[p]["exp_avg"].clone() for p in other_model.parameters()]
     bad = copy.deepcopy(saved)
-    bad["lookahead"]["k"] = 0
-    with pytest.raises(ValueError, match=r"\['lookahead'\]\['k'\] must be an int >= 1"):
-        set_optimizer_state_dict(other_model, other, bad)
+    bad["param_groups"][0]["lookahead_k"] = 0
+    with pytest.raises(ValueError, match=r"\['lookahead_k'\] must be an int >= 1"):
+        set_(other_model, other, bad)
     assert other.counts == counts
     assert_bit_identical(list(other.slow[0]), slow)
     assert_bit_identical([other.state[p]["exp_avg"] for p in other_model.parameters()], moments)
-    assert not other._optimizer_load_state_dict_pre_hooks  # the temporary hook is gone
+    assert not other._optimizer_load_state_dict_pre_hooks
+
+
+def test_dcp_state_dict_of_0_1_0_still_loads():
+    """0.1.0's get_optimizer_state_dict added a 'lookahead' section and no rollback counts."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict as torch_get
+
+    model, opt = _trained("adamw")
+    legacy = copy.deepcopy(torch_get(model, opt))
+    for group in legacy["param_groups"]:
+        del group["lookahead_rollbacks"]
+    legacy["lookahead"] = {"format": 1, "k": W.K, "alpha": W.ALPHA, "pullback": "none", "rollbacks": 0}
+    fresh_model, fresh = _trained("adamw", steps=0)
+    set_optimizer_state_dict(fresh_model, fresh, legacy)
+    assert fresh.counts == opt.counts
+    assert_bit_identical(list(fresh.slow[0]), list(opt.slow[0]))
+    assert not fresh._optimizer_load_state_dict_pre_hooks  # the temporary hook is gone
+    bad = {**legacy, "lookahead": {**legacy["lookahead"], "k": 0}}
+    with pytest.raises(ValueError, match=r"\['lookahead'\]\['k'\] must be an int >= 1"):
+        set_optimizer_state_dict(fresh_model, fresh, bad)
+    with pytest.raises(TypeError, match=r"optim_state_dict\['lookahead'\] must be a dict"):
+        set_optimizer_state_dict(fresh_model, fresh, {**legacy, "lookahead": 5})
 
 
 def test_dcp_helpers_refuse_what_they_cannot_handle():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict as torch_get
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict as torch_set
 
     model, opt = _trained()
     with pytest.raises(TypeError, match="optimizer must be a lookahead_torch.Lookahead, got SGD"):
         get_optimizer_state_dict(model, opt.optimizer)
+    flatten = StateDictOptions(flatten_optimizer_state_dict=True)
     with pytest.raises(ValueError, match="flatten_optimizer_state_dict must be False"):
-        get_optimizer_state_dict(model, opt, options=StateDictOptions(flatten_optimizer_state_dict=True))
-    torch_sd = torch_get(model, opt)  # torch's own drops the section
-    assert "lookahead" not in torch_sd
-    with pytest.raises(ValueError, match="no 'lookahead' section: save it with lookahead_torch.distributed"):
-        set_optimizer_state_dict(model, opt, torch_sd)
-    # loading torch's form directly names the way out
-    with pytest.raises(ValueError, match="use lookahead_torch.distributed.get_optimizer_state_dict"):
-        opt.load_state_dict(torch_sd)
-    with pytest.raises(TypeError, match=r"optim_state_dict\['lookahead'\] must be a dict"):
-        set_optimizer_state_dict(model, opt, {**torch_sd, "lookahead": 5})
+        get_optimizer_state_dict(model, opt, options=flatten)
+    # torch's own with flattening rebuilds the entries from the live inner state, without
+    # the slow weights: the load refuses, naming the option, instead of restarting them.
+    flat = torch_get(model, opt, options=flatten)
+    counts, slow = opt.counts, [s.clone() for s in opt.slow[0]]
+    with pytest.raises(ValueError, match="flatten_optimizer_state_dict"):
+        torch_set(model, opt, flat, options=flatten)
+    assert opt.counts == counts
+    assert_bit_identical(list(opt.slow[0]), slow)
+
+
+@pytest.mark.parametrize("wrappers", range(6))
+def test_state_initialization_is_recognised_through_any_number_of_step_wrappers(wrappers):
+    """An LR scheduler's patch and user decorators between torch's helper and step: no count."""
+    import functools
+
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict as torch_get
+
+    model = W.make_model()
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), k=5, alpha=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=100)  # patches opt.step
+    for _ in range(wrappers):
+        inner = opt.step
+
+        @functools.wraps(inner)
+        def wrapped(*args, _inner=inner, **kwargs):
+            return _inner(*args, **kwargs)
+
+        opt.step = wrapped
+    W.train(W.Ctx(0, 1, Path(".")), model, opt, range(3))
+    scheduler.step()
+    for _ in range(3):  # three saves, each of an empty (stateless SGD) state with no gradients
+        opt.zero_grad()
+        torch_get(model, opt)
+    assert opt.counts == (3,)
+    W.train(W.Ctx(0, 1, Path(".")), model, opt, range(3, 5))
+    assert opt.counts == (0,)  # the fifth real step synced
+
+
+def test_a_real_step_with_zero_lr_and_nonzero_gradients_counts():
+    model = W.make_model()
+    opt = Lookahead(torch.optim.SGD(model.parameters(), lr=0.0), k=2, alpha=0.5)
+    W.train(W.Ctx(0, 1, Path(".")), model, opt, range(1))
+    assert opt.counts == (1,)
 
 
 def test_replaced_parameters_keep_their_slow_weights_only_if_they_hold_the_same_values():

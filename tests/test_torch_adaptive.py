@@ -205,7 +205,7 @@ def test_fixed_and_adaptive_checkpoints_do_not_mix():
         adaptive.load_state_dict(fixed.state_dict())
     with pytest.raises(ValueError, match="alpha_mode"):
         fixed.load_state_dict(adaptive.state_dict())
-    assert "alpha_mode" not in fixed.state_dict()["lookahead"]  # fixed layout unchanged
+    assert "lookahead_alpha_min" not in fixed.state_dict()["param_groups"][0]  # fixed layout unchanged
 
 
 def test_bad_adaptive_checkpoint_values_change_nothing():
@@ -215,10 +215,11 @@ def test_bad_adaptive_checkpoint_values_change_nothing():
     good = opt.state_dict()
     before = _snapshot(opt, params)
     bad_cases = []
-    sd = {**good, "lookahead": {**good["lookahead"], "alpha_min": 0.9}}
+    sd = {**good, "param_groups": [{**good["param_groups"][0], "lookahead_alpha_min": 0.9}]}
     bad_cases.append((sd, "alpha_min"))
-    sd = {**good, "lookahead": {**good["lookahead"], "alpha_min": 1.5}}
-    bad_cases.append((sd, r"^state_dict\['lookahead'\]\['alpha_min'\] must be in \[0, 1\], got 1.5$"))
+    sd = {**good, "param_groups": [{**good["param_groups"][0], "lookahead_alpha_min": 1.5}]}
+    bad_cases.append(
+        (sd, r"^state_dict\['param_groups'\]\[0\]\['lookahead_alpha_min'\] must be in \[0, 1\], got 1.5$"))
     sd = {**good, "param_groups": [{**good["param_groups"][0], "lookahead_count": 3}]}
     bad_cases.append((sd, r"\[0, 2\]"))
     sd = {**good, "param_groups": [{**good["param_groups"][0], "lookahead_last_alpha": 1.5}]}

@@ -87,11 +87,13 @@ def test_state_dict_layout():
     params = Problem(seed=1, steps=1).params()
     opt = _build("adam", params, 2, pullback="pullback")
     sd = opt.state_dict()
-    assert set(sd) == {"state", "param_groups", "lookahead"}
-    assert sd["lookahead"] == {"format": 1, "k": K, "alpha": 0.5, "pullback": "pullback", "rollbacks": 0}
+    # Everything is in the two parts torch's own checkpoint helpers carry.
+    assert set(sd) == {"state", "param_groups"}
     assert [g["params"] for g in sd["param_groups"]] == [[0, 1], [2, 3]]
-    assert [(g["lookahead_k"], g["lookahead_alpha"], g["lookahead_count"]) for g in sd["param_groups"]] \
-        == [(K, 0.5, 0), (3, 0.8, 0)]
+    assert [(g["lookahead_k"], g["lookahead_alpha"], g["lookahead_count"], g["lookahead_rollbacks"])
+            for g in sd["param_groups"]] == [(K, 0.5, 0, 0), (3, 0.8, 0, 0)]
+    # the inner optimizer's live groups got no count
+    assert all("lookahead_count" not in g for g in opt.optimizer.param_groups)
     for i, p in enumerate(params):
         assert set(sd["state"][i]) == {"lookahead_slow", "lookahead_momentum"}  # Adam's state is lazy
         assert torch.equal(sd["state"][i]["lookahead_slow"], p.detach())
@@ -284,6 +286,16 @@ def _edit(path, value):
 
 _DELETE = object()
 
+
+def _legacy(edit):
+    """``edit`` applied to the state dict rewritten as version 0.1.0 wrote it (a "lookahead" section)."""
+    def apply(sd):
+        sd = copy.deepcopy(sd)
+        rollbacks = sum(g.pop("lookahead_rollbacks") for g in sd["param_groups"])
+        sd["lookahead"] = {"format": 1, "k": K, "alpha": 0.5, "pullback": "none", "rollbacks": rollbacks}
+        return edit(sd)
+    return apply
+
 BAD_CHECKPOINTS = {
     "slow weights of the wrong shape": (
         _edit(("state", 1, "lookahead_slow"), lambda t: torch.zeros(7, dtype=t.dtype)),
@@ -312,24 +324,33 @@ BAD_CHECKPOINTS = {
     "a bad per-group alpha": (
         _edit(("param_groups", 0, "lookahead_alpha"), 1.5),
         ValueError, r"\['lookahead_alpha'\] must be in \[0, 1\]"),
-    "a bad default k": (
-        _edit(("lookahead", "k"), True), TypeError, r"\['lookahead'\]\['k'\] must be an int >= 1"),
-    "a bad default alpha": (
-        _edit(("lookahead", "alpha"), float("nan")), ValueError, "must be finite"),
-    "another pullback mode": (
-        _edit(("lookahead", "pullback"), "reset"), ValueError, "pullback"),
-    "an unknown format": (
-        _edit(("lookahead", "format"), 2), ValueError, r"\['format'\] must be 1"),
+    "a bad default k (0.1.0 format)": (
+        _legacy(_edit(("lookahead", "k"), True)), TypeError, r"\['lookahead'\]\['k'\] must be an int >= 1"),
+    "a bad default alpha (0.1.0 format)": (
+        _legacy(_edit(("lookahead", "alpha"), float("nan"))), ValueError, "must be finite"),
+    "another pullback mode (0.1.0 format)": (
+        _legacy(_edit(("lookahead", "pullback"), "reset")), ValueError, "pullback"),
+    "an unknown format (0.1.0 format)": (
+        _legacy(_edit(("lookahead", "format"), 2)), ValueError, r"\['format'\] must be 1"),
+    "a negative rollback counter (0.1.0 format)": (
+        _legacy(_edit(("lookahead", "rollbacks"), -1)), ValueError, "rollbacks"),
     "a negative rollback counter": (
-        _edit(("lookahead", "rollbacks"), -1), ValueError, "rollbacks"),
+        _edit(("param_groups", 1, "lookahead_rollbacks"), -1), ValueError, "lookahead_rollbacks"),
+    "a rollback counter missing": (
+        _edit(("param_groups", 0, "lookahead_rollbacks"), _DELETE), ValueError,
+        "missing 'lookahead_rollbacks'"),
+    "a count missing in one group": (
+        _edit(("param_groups", 1, "lookahead_count"), _DELETE), ValueError, "missing 'lookahead_count'"),
     "an unexpected top-level key": (
         lambda sd: {**sd, "surprise": 1}, ValueError, "unexpected \\['surprise'\\]"),
     "no state key": (
         lambda sd: {k: v for k, v in sd.items() if k != "state"}, ValueError, "missing \\['state'\\]"),
     "state for an unknown parameter": (
         _edit(("state", 17), {"step": torch.tensor(1.0)}), ValueError, "parameter ids \\[17\\]"),
-    "lookahead entries without a lookahead section": (
-        lambda sd: {k: v for k, v in sd.items() if k != "lookahead"}, ValueError, "no 'lookahead' section"),
+    "slow weights without the groups' counts": (
+        lambda sd: {**sd, "param_groups": [{k: v for k, v in g.items() if k != "lookahead_count"}
+                                           for g in sd["param_groups"]]},
+        ValueError, "'lookahead_k' but no 'lookahead_count'"),
     "not a dict": (lambda sd: [sd], TypeError, "state_dict must be a dict"),
 }
 

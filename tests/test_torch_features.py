@@ -509,7 +509,7 @@ def test_without_rollback_a_blow_up_poisons_the_slow_weights():
 def test_rollback_counter_is_checkpointed():
     _, opt, _ = _blow_up_run("rollback")
     sd = opt.state_dict()
-    assert sd["lookahead"]["rollbacks"] == 1
+    assert [g["lookahead_rollbacks"] for g in sd["param_groups"]] == [1]
     params = [torch.nn.Parameter(torch.ones(3, dtype=torch.float64)),
               torch.nn.Parameter(torch.ones(2, dtype=torch.float64))]
     other = Lookahead(torch.optim.SGD(params, lr=0.1, momentum=0.9), k=3, nonfinite="rollback")

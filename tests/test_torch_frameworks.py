@@ -80,8 +80,10 @@ def _assert_same_training_state(
 
 
 def _assert_mid_cycle_lookahead_checkpoint(optimizer_state: dict, count: int) -> None:
-    """The framework's checkpoint holds Lookahead's section, slow weights and cycle position."""
-    assert optimizer_state["lookahead"]["k"] == K
+    """The framework's checkpoint holds Lookahead's settings, slow weights and cycle position."""
+    assert [g["lookahead_k"] for g in optimizer_state["param_groups"]] == [K] * len(
+        optimizer_state["param_groups"]
+    )
     assert [g["lookahead_count"] for g in optimizer_state["param_groups"]] == [count] * len(
         optimizer_state["param_groups"]
     )

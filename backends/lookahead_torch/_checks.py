@@ -8,7 +8,6 @@ the expected value. The core's `lookahead_core.check_k` and
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -20,7 +19,6 @@ from ._momentum import PULLBACK_MODES
 
 __all__ = [
     "NONFINITE_MODES",
-    "as_count",
     "check_fallback",
     "check_group_settings",
     "check_nonfinite",
@@ -134,19 +132,3 @@ def check_slow_dtype(slow_dtype: Any) -> torch.dtype | None:
             f"slow_dtype must be None, torch.float32 or torch.float64, got {slow_dtype}"
         )
     return slow_dtype
-
-
-def as_count(where: str, value: Any, k: int, adaptive: bool = False) -> int:
-    """A checkpoint's position in the cycle: an int in ``[0, k)``, or ``[0, k]`` in adaptive mode.
-
-    In adaptive mode ``count == k`` means the estimate-and-sync call is pending.
-    """
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-        value = value.item()
-    interval = f"[0, {k}]" if adaptive else f"[0, {k})"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{where} must be an int in {interval}, got {value!r}")
-    if not 0 <= int(value) <= (k if adaptive else k - 1):
-        mode = ", adaptive mode" if adaptive else ""
-        raise ValueError(f"{where} must be an int in {interval} (k = {k}{mode}), got {value}")
-    return int(value)

@@ -13,7 +13,7 @@
   ``set_optimizer_state_dict`` of ``torch.distributed.checkpoint.state_dict``
   initialize an optimizer whose state is empty by calling its ``step()`` with
   zero gradients and ``lr = 0``. That call is not a training step and must not
-  advance the schedule (see `called_for_state_initialization`).
+  advance the schedule (see `is_state_initialization`).
 
 Nothing here imports ``torch.distributed``: a DTensor or a
 ZeroRedundancyOptimizer can only exist once its module has been imported, so
@@ -31,11 +31,11 @@ import torch
 __all__ = [
     "all_ranks_finite",
     "as_param_layout",
-    "called_for_state_initialization",
     "check_inner",
     "dtensor_type",
     "inner_state_dicts",
     "is_dtensor",
+    "is_state_initialization",
     "layout_mismatch",
     "local",
     "locals_",
@@ -208,28 +208,39 @@ def check_inner(optimizer: torch.optim.Optimizer) -> None:
         )
 
 
-def called_for_state_initialization() -> bool:
-    """Whether the running ``step()`` is ``torch.distributed.checkpoint``'s state initialization.
+def is_state_initialization(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a ``step()`` now can only create ``optimizer``'s state, not move a weight.
 
-    ``get_optimizer_state_dict`` / ``set_optimizer_state_dict`` (and
-    ``get_state_dict`` / ``set_state_dict``) call ``_init_optim_state``, which
-    calls ``optimizer.step()`` with zero gradients and ``lr = 0`` when the
-    optimizer's state is empty (always so for SGD without momentum) so that a
-    state template exists. Lookahead lets that call initialize the inner
-    optimizer, but it is not a training step: it must not count or sync.
-    Looks a few frames up the stack (``Lookahead.step`` and torch's step hook
-    wrapper lie in between); a cheap check, done on every step.
+    True when the inner state is empty, every param group that has an ``lr``
+    has ``lr == 0``, and every parameter that requires a gradient has one that
+    is all zeros (the others none). This is exactly the call by which
+    ``torch.distributed.checkpoint.state_dict``'s ``get_optimizer_state_dict``
+    / ``set_optimizer_state_dict`` initialize an optimizer whose state is
+    empty (always so for SGD without momentum), recognised by what it does,
+    not by who calls it: any number of wrappers (LR scheduler patches,
+    decorators) may sit in between. Cheap on a training step: the gradients
+    are only read when the state is empty and every ``lr`` is zero. Sharded
+    gradients are judged over all ranks, so every rank decides alike.
     """
-    module = sys.modules.get("torch.distributed.checkpoint.state_dict")
-    init = getattr(module, "_init_optim_state", None)
-    code = getattr(init, "__code__", None)
-    if code is None:
+    if optimizer.state:
         return False
-    frame = sys._getframe(2)  # the caller of Lookahead.step
-    for _ in range(4):
-        if frame is None:
+    for group in optimizer.param_groups:
+        if "lr" in group and float(group["lr"]) != 0.0:
             return False
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
+    grads, params = [], []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                if p.requires_grad:
+                    return False
+                continue
+            grads.append(p.grad)
+            params.append(p)
+    if not grads:
+        return False
+    local_grads = [g for g in locals_(grads) if g.numel() > 0]
+    nonzero = 0
+    if local_grads:
+        # One host sync for all of them: the count of nonzero entries.
+        nonzero = int(torch.stack([torch.count_nonzero(g).to("cpu") for g in local_grads]).sum())
+    return all_ranks_finite(nonzero == 0, params)

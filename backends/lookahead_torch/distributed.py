@@ -1,21 +1,16 @@
 """Checkpoints of `lookahead_torch.Lookahead` through ``torch.distributed.checkpoint`` (DCP).
 
-``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` and
-``set_optimizer_state_dict`` turn an optimizer's state dict into one keyed by
-parameter names (FQNs), with DTensor (sharded) tensors under FSDP2, that
-``torch.distributed.checkpoint.save`` / ``load`` write and read in parallel and
-reshard to another world size. They keep only the ``state`` and
-``param_groups`` of a state dict, so Lookahead's ``"lookahead"`` section (the
-default k and α, the pullback mode, the rollback counter) would be lost, and
-`Lookahead.load_state_dict` refuses a checkpoint whose slow weights come
-without it. The two functions here are those of torch with the section carried
-through; everything else (options, FQNs, resharding, full state dicts) is
-torch's.
+Everything a `Lookahead` holds is in the ``state`` and ``param_groups`` of its
+state dict, so torch's own ``get_optimizer_state_dict`` and
+``set_optimizer_state_dict`` (``torch.distributed.checkpoint.state_dict``)
+carry it: they key it by parameter name (FQN), keep DTensors sharded under
+FSDP2, and ``torch.distributed.checkpoint.save`` / ``load`` write, read and
+reshard it like any optimizer's state. Use them directly:
 
 ```python
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-from lookahead_torch.distributed import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict)
 
 state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
 dcp.save(state, checkpoint_id=path)
@@ -27,9 +22,15 @@ set_model_state_dict(model, state["model"])
 set_optimizer_state_dict(model, opt, state["optim"])
 ```
 
-Slow weights of DTensor parameters are DTensors sharded like them, so DCP
-saves each rank's shard and reshards on load, like the inner optimizer's
-moments.
+One option is not supported: ``flatten_optimizer_state_dict=True`` rebuilds
+each parameter's entry from the keys of the live inner state, which do not
+include the slow weights; `Lookahead.load_state_dict` then refuses the result
+(it names the option) rather than restart the slow weights silently.
+
+The two functions of this module are torch's with that option refused up
+front. Version 0.1.0 needed them (its checkpoints kept part of Lookahead's
+state in a third key); they stay for the code written then, and
+`set_optimizer_state_dict` still loads what 0.1.0's version saved.
 """
 
 from __future__ import annotations
@@ -65,18 +66,16 @@ def get_optimizer_state_dict(
 ) -> dict[str, Any]:
     """``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict`` for a `Lookahead`.
 
-    The state dict torch returns (keyed by parameter name; DTensors stay
-    sharded unless ``options.full_state_dict``), with Lookahead's
-    ``"lookahead"`` section added: ``{"state", "param_groups", "lookahead"}``.
-    Each parameter's entry holds ``"lookahead_slow"`` (and
-    ``"lookahead_momentum"`` with ``pullback="pullback"``) next to the inner
-    optimizer's state; each group holds ``lookahead_k``,
-    ``lookahead_alpha`` and ``lookahead_count``.
+    The state dict torch returns, keyed by parameter name (DTensors stay
+    sharded unless ``options.full_state_dict``): ``{"state", "param_groups"}``.
+    Each parameter's entry holds ``"lookahead_slow"`` (and the other
+    Lookahead buffers) next to the inner optimizer's state; each group holds
+    ``lookahead_k``, ``lookahead_alpha``, ``lookahead_count`` and
+    ``lookahead_rollbacks``.
 
-    Use it for saving and, on resume, as the template that
-    ``torch.distributed.checkpoint.load`` fills. As torch does for any
-    optimizer, an empty inner state is first initialized by a step with zero
-    gradients and ``lr = 0``; Lookahead does not count that step.
+    As torch does for any optimizer, an empty inner state is first
+    initialized by a step with zero gradients and ``lr = 0``; Lookahead does
+    not count that step.
 
     Args:
         model: the model whose parameters ``optimizer`` holds (DDP- or
@@ -92,9 +91,7 @@ def get_optimizer_state_dict(
     _check_arguments(optimizer, options)
     from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
-    state_dict = dcp_state_dict.get_optimizer_state_dict(model, optimizer, options=options)
-    state_dict[_SECTION] = optimizer._lookahead_section()
-    return state_dict
+    return dcp_state_dict.get_optimizer_state_dict(model, optimizer, options=options)
 
 
 def set_optimizer_state_dict(
@@ -106,42 +103,41 @@ def set_optimizer_state_dict(
 ) -> None:
     """``torch.distributed.checkpoint.state_dict.set_optimizer_state_dict`` for a `Lookahead`.
 
-    Loads a state dict of `get_optimizer_state_dict` (typically filled by
-    ``torch.distributed.checkpoint.load``): torch maps the parameter names
-    back and, for a full state dict, shards the tensors; `Lookahead.load_state_dict`
-    then checks everything and loads it all or nothing, as always.
+    Loads a state dict of `get_optimizer_state_dict` (or of torch's own;
+    typically filled by ``torch.distributed.checkpoint.load``): torch maps the
+    parameter names back and, for a full state dict, shards the tensors;
+    `Lookahead.load_state_dict` then checks everything and loads it all or
+    nothing, as always. A state dict saved by version 0.1.0 of this function
+    (with a ``"lookahead"`` section) loads too.
 
     Args:
         model: the model whose parameters ``optimizer`` holds.
         optimizer: the `Lookahead` to load into.
-        optim_state_dict: ``{"state", "param_groups", "lookahead"}`` as
+        optim_state_dict: ``{"state", "param_groups"}`` as
             `get_optimizer_state_dict` returns it.
         options: a ``StateDictOptions``, passed on.
 
     Raises:
         TypeError: ``optimizer`` is not a `Lookahead`, or ``optim_state_dict``
-            (or its ``"lookahead"`` section) is not a dict.
-        ValueError: the ``"lookahead"`` section is missing (a state dict of
-            torch's own ``get_optimizer_state_dict``), or anything
-            `Lookahead.load_state_dict` refuses.
+            (or a 0.1.0 ``"lookahead"`` section) is not a dict.
+        ValueError: anything `Lookahead.load_state_dict` refuses.
     """
     _check_arguments(optimizer, options)
     if not isinstance(optim_state_dict, Mapping):
         raise TypeError(f"optim_state_dict must be a dict, got {type(optim_state_dict).__name__}")
+    from torch.distributed.checkpoint import state_dict as dcp_state_dict
+
     if _SECTION not in optim_state_dict:
-        raise ValueError(
-            "optim_state_dict has no 'lookahead' section: save it with "
-            "lookahead_torch.distributed.get_optimizer_state_dict (torch's own drops the section)"
-        )
+        dcp_state_dict.set_optimizer_state_dict(model, optimizer, optim_state_dict, options=options)
+        return
     section = optim_state_dict[_SECTION]
     if not isinstance(section, Mapping):
         raise TypeError(
             f"optim_state_dict['lookahead'] must be a dict, got {type(section).__name__}"
         )
-    from torch.distributed.checkpoint import state_dict as dcp_state_dict
 
     def restore_section(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any] | None:
-        # torch passes on only 'state' and 'param_groups'; put the section back.
+        # A 0.1.0 checkpoint: torch passes on only 'state' and 'param_groups'; put the section back.
         if _SECTION in state_dict:
             return None
         return {**state_dict, _SECTION: dict(section)}
