@@ -196,17 +196,12 @@ def _plan_group(
     inner_group["lookahead_k"], inner_group["lookahead_alpha"] = k, alpha
     buffers: dict[str, list[Any]] = {key: [] for key in opt._slots[g].buffers}
     if plain:
-        alpha_min = policy.alpha_min
-        if policy.mode == "adaptive":
-            check_fallback(f"{where}['lookahead_alpha']", alpha, alpha_min)
-        return inner_group, GroupLoad(0, 0, None, buffers, {}), alpha_min
+        policy.check_group_alpha(f"{where}['lookahead_alpha']", alpha)
+        return inner_group, GroupLoad(0, 0, None, buffers, {}), policy.alpha_min
 
-    scalars = dict(saved)
-    if section is not None and policy.mode == "adaptive":
-        scalars.setdefault(ALPHA_MIN_KEY, section["alpha_min"])  # 0.1.0 kept it in the section
+    scalars = saved if section is None else policy.legacy_scalars(saved, section)
     alpha_min, last_alpha = policy.load_group_scalars(where, scalars)
-    if policy.mode == "adaptive":
-        check_fallback(f"{where}['lookahead_alpha']", alpha, alpha_min)
+    policy.check_group_alpha(f"{where}['lookahead_alpha']", alpha, alpha_min)
     if COUNT_KEY not in saved:
         raise ValueError(f"{where} is missing {COUNT_KEY!r}")
     count_value = saved[COUNT_KEY]

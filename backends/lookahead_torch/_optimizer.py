@@ -435,7 +435,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             return inner_step(self._inner, closure)
         schedule = self._schedule()
         mode = self._alpha_policy.mode
-        plans = [lc.plan_step(group.count, k, mode) for group, (k, _) in zip(self._slots, schedule)]
+        plans = [lc.plan_step(state.count, k, mode) for state, (k, _) in zip(self._slots, schedule)]
         syncing = [g for g, plan in enumerate(plans) if plan.sync]
         estimating = [g for g in syncing if plans[g].estimate]
         stepping = [g for g, plan in enumerate(plans) if plan.inner]
@@ -456,10 +456,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             loss = self._inner_step_hiding(estimating, closure)
         for g in stepping:
             self._slots[g].count += 1
-        if syncing:
-            for g in self._sync_groups(syncing, alphas):
-                if mode == "adaptive":
-                    self._slots[g].last_alpha = alphas[g]
+        for g in self._sync_groups(syncing, alphas) if syncing else ():
+            self._alpha_policy.record_sync(self._slots[g], alphas[g])
         return loss
 
     def _inner_step_hiding(self, hidden_groups: list[int], closure: Callable[[], Any] | None) -> Any:
@@ -506,8 +504,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._check_placement(every)
         alphas = [alpha for _, alpha in schedule]
         for g in self._sync_groups(every, alphas):
-            if self._alpha_policy.mode == "adaptive":
-                self._slots[g].last_alpha = alphas[g]
+            self._alpha_policy.record_sync(self._slots[g], alphas[g])
 
     def _sync_groups(self, due: list[int], alphas: list[float]) -> list[int]:
         """The sync of groups ``due``, each with ``alphas[g]`` (placement already checked).

@@ -208,11 +208,15 @@ class FixedAlpha:
     def __init__(self, alpha_min: float) -> None:
         self.alpha_min = alpha_min  # validated in both modes, used only by AdaptiveAlpha
 
-    def check_group_alpha(self, where: str, alpha: float) -> float:
+    def check_group_alpha(self, where: str, alpha: float, alpha_min: float | None = None) -> float:
+        """A group's ``lookahead_alpha`` as this mode needs it (any α in [0, 1] when fixed)."""
         return alpha
 
     def check_param(self, where: str, param: torch.Tensor) -> None:
         """Parameters the mode supports (all of them with a fixed α)."""
+
+    def record_sync(self, group: GroupState, alpha: float) -> None:
+        """After a sync of ``group`` with ``alpha``: nothing to remember with a fixed α."""
 
     def record_start(self, groups: Sequence[GroupState]) -> None:
         """Nothing to record with a fixed α (`lookahead_core.plan_step` never asks)."""
@@ -223,6 +227,10 @@ class FixedAlpha:
     def group_scalars(self, group: GroupState) -> dict[str, Any]:
         """This mode's per-group checkpoint scalars (none)."""
         return {}
+
+    def legacy_scalars(self, saved: Mapping[str, Any], section: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A 0.1.0 group's scalars: 0.1.0 kept ``alpha_min`` in its section (adaptive mode only)."""
+        return saved
 
     def load_group_scalars(self, where: str, saved: Mapping[str, Any]) -> tuple[float, float | None]:
         """``(alpha_min, last_alpha)`` of a saved group; a fixed-α checkpoint has neither."""
@@ -247,8 +255,13 @@ class AdaptiveAlpha(FixedAlpha):
     buffer_key = START_GRAD_BUFFER
     checkpoint_keys = (LAST_ALPHA_KEY, ALPHA_MIN_KEY)
 
-    def check_group_alpha(self, where: str, alpha: float) -> float:
-        return check_fallback(where, alpha, self.alpha_min)
+    def check_group_alpha(self, where: str, alpha: float, alpha_min: float | None = None) -> float:
+        """The fallback α must lie in ``[alpha_min, 1]`` (this optimizer's, or a checkpoint's)."""
+        return check_fallback(where, alpha, self.alpha_min if alpha_min is None else alpha_min)
+
+    def record_sync(self, group: GroupState, alpha: float) -> None:
+        """The α of the group's latest sync, `last_alphas` and the checkpoint's ``lookahead_last_alpha``."""
+        group.last_alpha = alpha
 
     def check_param(self, where: str, param: torch.Tensor) -> None:
         if _distributed.is_dtensor(param):
@@ -302,6 +315,9 @@ class AdaptiveAlpha(FixedAlpha):
 
     def group_scalars(self, group: GroupState) -> dict[str, Any]:
         return {LAST_ALPHA_KEY: group.last_alpha, ALPHA_MIN_KEY: self.alpha_min}
+
+    def legacy_scalars(self, saved: Mapping[str, Any], section: Mapping[str, Any]) -> Mapping[str, Any]:
+        return {ALPHA_MIN_KEY: section["alpha_min"], **saved}
 
     def load_group_scalars(self, where: str, saved: Mapping[str, Any]) -> tuple[float, float | None]:
         for key in self.checkpoint_keys:
