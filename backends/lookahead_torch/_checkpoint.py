@@ -35,6 +35,14 @@ import lookahead_core as lc
 from . import _distributed
 from ._checks import check_fallback, check_group_settings, group_alpha, group_k, renamed
 from ._groups import SLOW_BUFFER, buffer_dtype
+from ._inner_checks import (
+    INNER_KEY,
+    check_group_keys,
+    check_inner_class,
+    check_state_value,
+    inner_class_name,
+    rehearse_setstate,
+)
 from ._policies import ALPHA_MIN_KEY, LAST_ALPHA_KEY, MOMENTUM_BUFFER, START_GRAD_BUFFER
 
 if TYPE_CHECKING:
@@ -46,7 +54,7 @@ COUNT_KEY = "lookahead_count"
 ROLLBACKS_KEY = "lookahead_rollbacks"
 LEGACY_SECTION = "lookahead"
 _LEGACY_FORMAT = 1
-_GROUP_SCALARS = (COUNT_KEY, ROLLBACKS_KEY, LAST_ALPHA_KEY, ALPHA_MIN_KEY)
+_GROUP_SCALARS = (COUNT_KEY, ROLLBACKS_KEY, LAST_ALPHA_KEY, ALPHA_MIN_KEY, INNER_KEY)
 _BUFFER_KEYS = (SLOW_BUFFER, MOMENTUM_BUFFER, START_GRAD_BUFFER)
 
 # Per-parameter state entries of torch.optim.SGD/Adam/AdamW that have the parameter's shape.
@@ -68,6 +76,7 @@ def pack_state_dict(opt: Lookahead) -> dict[str, Any]:
         packed = dict(packed)
         packed[COUNT_KEY] = group.count
         packed[ROLLBACKS_KEY] = group.rollbacks
+        packed[INNER_KEY] = inner_class_name(opt._inner)
         packed.update(opt._alpha_policy.group_scalars(group))
         for i, index in enumerate(packed["params"]):
             entry = dict(state.get(index, {}))
@@ -170,11 +179,28 @@ def plan_load(opt: Lookahead, sd: Mapping[str, Any]) -> LoadPlan:
         inner_entry = _checked_inner_entry(opt, where, entry, param)
         if inner_entry:
             inner_state[pid] = inner_entry
+    _rehearse_inner_load(opt, inner_groups, inner_state, index_of)
 
     _allocate_targets(opt, loads)
     alpha_min = alpha_mins[0] if alpha_mins else opt._alpha_policy.alpha_min
     defaults = None if section is None else (section["k"], section["alpha"])
     return LoadPlan({"state": inner_state, "param_groups": inner_groups}, loads, alpha_min, defaults)
+
+
+def _rehearse_inner_load(
+    opt: Lookahead, inner_groups: list[dict[str, Any]], inner_state: Mapping[Any, Any],
+    index_of: Mapping[Any, tuple[int, int]],
+) -> None:
+    """The inner optimizer's own ``__setstate__`` on the checkpoint's part, then its group keys."""
+    groups = opt._inner.param_groups
+    live_groups = [{**saved, "params": group["params"]} for saved, group in zip(inner_groups, groups)]
+    live_state = {groups[g]["params"][i]: inner_state[pid] for pid, (g, i) in index_of.items()
+                  if pid in inner_state}
+    rehearsed = rehearse_setstate(opt._inner, live_groups, live_state)
+    if rehearsed is None:
+        return
+    for g, (after, group) in enumerate(zip(rehearsed, groups)):
+        check_group_keys(f"state_dict['param_groups'][{g}]", after, group)
 
 
 def _plan_group(
@@ -192,6 +218,7 @@ def _plan_group(
     else:
         default_k, default_alpha = opt._k, opt._alpha
     k, alpha = check_group_settings(where, saved, default_k, default_alpha)
+    check_inner_class(where, saved, opt._inner)
     inner_group = {key: value for key, value in saved.items() if key not in _GROUP_SCALARS}
     inner_group["lookahead_k"], inner_group["lookahead_alpha"] = k, alpha
     buffers: dict[str, list[Any]] = {key: [] for key in opt._slots[g].buffers}
@@ -312,7 +339,16 @@ def _plan_buffers(
             what = " (the slow weights)" if key == SLOW_BUFFER else ""
             raise ValueError(f"{where} is missing {key!r}{what}")
         name = f"{where}[{key!r}]"
-        values.append(_distributed.as_param_layout(name, _checked_tensor(name, entry[key], param), param))
+        value = _checked_tensor(name, entry[key], param)
+        if key == SLOW_BUFFER and opt._nonfinite == "rollback" and not _distributed.all_ranks_finite(
+            _all_finite(value), [value]
+        ):
+            # Under rollback the run would return to these weights at every blow-up.
+            raise ValueError(
+                f"{name} holds inf or NaN; with nonfinite='rollback' the slow weights are what a "
+                "rollback returns to, so they must be finite"
+            )
+        values.append(_distributed.as_param_layout(name, value, param))
 
 
 def _allocate_targets(opt: Lookahead, loads: list[GroupLoad]) -> None:
@@ -346,6 +382,7 @@ def _checked_inner_entry(
     for key, value in entry.items():
         if key in _BUFFER_KEYS:
             continue
+        check_state_value(where, key, value)
         if isinstance(value, torch.Tensor):
             template = live.get(key)
             if key in _PARAM_SHAPED_KEYS:
@@ -425,3 +462,8 @@ def _checked_tensor(where: str, value: Any, param: torch.Tensor) -> torch.Tensor
             f"{where} must have a {kind} dtype like the parameter ({param.dtype}), got {value.dtype}"
         )
     return value
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    local = _distributed.local(value)
+    return local.numel() == 0 or bool(torch.isfinite(local).all())

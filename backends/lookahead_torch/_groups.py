@@ -24,6 +24,7 @@ __all__ = [
     "GroupState",
     "adopt_replaced_params",
     "check_group",
+    "check_no_overlap",
     "check_placement",
     "local_pairs",
     "new_group_state",
@@ -113,6 +114,46 @@ def check_group(where: str, group: Mapping[str, Any], k: int, alpha: float, alph
             )
         seen.add(id(param))
         alpha_policy.check_param(f"{where}['params'][{i}]", param)
+
+
+def _byte_extent(t: torch.Tensor) -> tuple[int, int]:
+    """``[first, last + 1)`` byte addresses ``t`` can touch (its strides' hull)."""
+    start = t.data_ptr()
+    low = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    high = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    return start + low * t.element_size(), start + (high + 1) * t.element_size()
+
+
+def check_no_overlap(named: Sequence[tuple[str, torch.Tensor]]) -> None:
+    """Refuse parameters whose memory overlaps (views of one tensor, such as ``base[:4]`` and ``base[2:]``).
+
+    Each parameter gets its own slow copy; shared elements would have two,
+    which diverge at the first sync, and the in-place swap of `slow_weights`
+    could not restore θ. Compared by the hull of each tensor's bytes (views
+    interleaved without sharing an element are refused too: rare, and the
+    message says why). Tensors without memory (meta) are skipped.
+
+    Args:
+        named: ``(where, parameter)`` pairs; ``where`` names it in the message.
+
+    Raises:
+        ValueError: two of them overlap.
+    """
+    extents = []
+    for where, param in named:
+        local = _distributed.local(param)
+        if local.numel() == 0 or local.device.type == "meta":
+            continue
+        first, end = _byte_extent(local)
+        extents.append((str(local.device), first, end, where))
+    extents.sort()
+    for (device_a, _, end_a, where_a), (device_b, first_b, _, where_b) in zip(extents, extents[1:]):
+        if device_a == device_b and first_b < end_a:
+            raise ValueError(
+                f"{where_a} and {where_b} share memory (views of one tensor?): each parameter "
+                "needs its own slow copy, and shared elements would get two that diverge; "
+                "make them separate tensors"
+            )
 
 
 def local_pairs(groups: Sequence[GroupState]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

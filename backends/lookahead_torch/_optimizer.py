@@ -35,6 +35,7 @@ from ._checks import (
     group_k,
 )
 from ._groups import GroupState
+from ._inner_checks import load_all_or_nothing
 from ._inner_step import inner_step
 from ._policies import alpha_policy, inner_state_policy, restart_inner_state
 from ._slow_weights import SlowWeightsMixin
@@ -181,6 +182,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         policy = alpha_policy(alpha_mode, alpha_min)
         for g, group in enumerate(optimizer.param_groups):
             _groups.check_group(f"optimizer.param_groups[{g}]", group, k, alpha, policy)
+        _groups.check_no_overlap(_named_params(optimizer.param_groups, "optimizer.param_groups"))
 
         # Plain attributes first: the property setters and add_param_group that
         # Optimizer.__init__ calls below read them.
@@ -330,6 +332,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         added = self._inner.param_groups[-1]
         try:
             _groups.check_group(where, added, self._k, self._alpha, self._alpha_policy)
+            _groups.check_no_overlap(_named_params(self._inner.param_groups))
             self._adopt_group(added)
         except BaseException:
             self._inner.param_groups.pop()
@@ -374,6 +377,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         for g in range(len(self._slots), len(groups)):
             # Added with inner.add_param_group: no step has touched it yet, so φ₀ = θ now.
             _groups.check_group(f"param_groups[{g}]", groups[g], self._k, self._alpha, self._alpha_policy)
+            _groups.check_no_overlap(_named_params(groups[: g + 1]))
             self._adopt_group(groups[g])
 
     def _schedule(self) -> list[tuple[int, float]]:
@@ -531,10 +535,15 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         return due
 
     def _rolled_back(self, g: int) -> bool:
-        """``nonfinite="rollback"``: if group g's fast weights are not finite, θ ← φ."""
+        """``nonfinite="rollback"``: if group g's fast weights or inner state are not finite, θ ← φ.
+
+        The inner state counts too: one huge gradient can make Adam's
+        ``exp_avg_sq`` inf while the weights stay finite, and that coordinate
+        would never move again.
+        """
         state = self._slots[g]
         fast = _distributed.locals_(state.params)
-        finite = _kernels.all_finite(fast)
+        finite = _kernels.all_finite(fast) and _kernels.all_finite(self._inner_state_tensors(state))
         # Sharded parameters: every rank must take the same decision.
         if _distributed.all_ranks_finite(finite, state.params):
             return False
@@ -545,6 +554,16 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         state.count = 0
         state.rollbacks += 1
         return True
+
+    def _inner_state_tensors(self, state: GroupState) -> list[torch.Tensor]:
+        """The floating tensors of the inner state of ``state``'s parameters (local shards)."""
+        tensors = []
+        for inner_state in _distributed.inner_state_dicts(self._inner):
+            for p in state.params:
+                for value in inner_state.get(p, {}).values() if p in inner_state else ():
+                    if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+                        tensors.append(value)
+        return _distributed.locals_(tensors)
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -618,7 +637,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
                 state_dict = result
         self._check_structure()
         plan = _checkpoint.plan_load(self, state_dict)
-        self._inner.load_state_dict(plan.inner)  # validates before it changes anything
+        with load_all_or_nothing(self._inner):  # a failure after torch installed the state
+            self._inner.load_state_dict(plan.inner)
         _checkpoint.commit_load(self, plan)
         self._refresh_scratch()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
@@ -673,3 +693,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
     def _workspace_tensors(self) -> list[torch.Tensor]:
         """The upcast scratch buffers of the ``slow_dtype`` sync (bounded size)."""
         return list(self._scratch.values())
+
+
+def _named_params(groups: list[dict[str, Any]], prefix: str = "param_groups") -> list[tuple[str, torch.Tensor]]:
+    return [(f"{prefix}[{g}]['params'][{i}]", p) for g, group in enumerate(groups)
+            for i, p in enumerate(group["params"])]
