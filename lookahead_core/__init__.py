@@ -27,7 +27,17 @@ from ._cycle import (
     count_limit,
     plan_step,
 )
-from ._inner import AdamState, InnerOptimizer, SGDState, adam, adamw, check_inner, lerp, sgd
+from ._inner import (
+    AdamState,
+    InnerOptimizer,
+    SGDState,
+    adam,
+    adamw,
+    check_inner,
+    check_inner_state,
+    lerp,
+    sgd,
+)
 from ._cycle import ALPHA_MODES
 from ._lookahead import (
     AdaptiveLookaheadState,
@@ -59,6 +69,7 @@ __all__ = [
     "check_arrays",
     "check_count",
     "check_inner",
+    "check_inner_state",
     "check_k",
     "check_last_alpha",
     "check_matching",

@@ -37,6 +37,7 @@ __all__ = [
     "adam",
     "adamw",
     "check_inner",
+    "check_inner_state",
     "lerp",
     "sgd",
 ]
@@ -54,12 +55,20 @@ class InnerOptimizer(NamedTuple):
             parameters are ``params[i] + delta[i]`` (eq. 0.2).
         name: short name, e.g. ``"sgd"``.
         hyperparams: the validated hyperparameters as Python scalars.
+        check_state: ``check_state(state, n_params, name, values)`` raises
+            ``TypeError``/``ValueError`` naming ``name`` if ``state`` is not a
+            state this optimizer's ``init`` or ``update`` could have made for
+            ``n_params`` parameters (another optimizer's, other buffers, a
+            negative step count); with ``values`` it also reads the arrays
+            (see `check_inner_state`). ``None`` (the default, e.g. for a
+            wrapped optax transformation): the state is not checked.
     """
 
     init: Callable[[Sequence[Array]], Any]
     update: Callable[[Sequence[Array], Any, Sequence[Array]], tuple[Arrays, Any]]
     name: str
     hyperparams: dict[str, Any]
+    check_state: Callable[[Any, int, str, bool], None] | None = None
 
 
 def check_inner(inner: Any) -> InnerOptimizer:
@@ -70,6 +79,98 @@ def check_inner(inner: Any) -> InnerOptimizer:
             f"got {type(inner).__name__}"
         )
     return inner
+
+
+def check_inner_state(
+    inner: InnerOptimizer, state: Any, n_params: int, name: str = "state", *, values: bool = False
+) -> None:
+    """Raise if ``state`` cannot be ``inner``'s state for ``n_params`` parameters.
+
+    Without ``values`` (what `lookahead_core.lookahead`'s step runs every call)
+    only the structure is looked at, never an array's contents: the state's
+    type (an `AdamState` is not an `SGDState`), which optional buffers it
+    holds (momentum, amsgrad), how many arrays each holds, and a step count
+    that Python holds (an ``int`` >= 0; a 0-d array, the traced count of a
+    compiled step, is not read). Buffers of the right count but another
+    shape or dtype are not detected here. With ``values`` (for checkpoint
+    loaders; it reads every checked array, one device-to-host read each) also
+    what would make the next step NaN: a negative second-moment estimate.
+    NaN and inf, what a run that blew up holds, are not refused.
+
+    A state of `adamw` continues in `adam` and the reverse: the same type and
+    layout. Optimizers built without ``check_state`` pass unchecked.
+
+    Args:
+        inner: the inner optimizer.
+        state: the state to check.
+        n_params: how many parameters the state is for.
+        name: how messages call the state, e.g. ``"state.inner"``; its fields
+            are named ``name.field`` and their arrays ``name.field.i``.
+        values: also read the arrays.
+
+    Raises:
+        TypeError: another type, a missing or extra buffer, a step count that is no int.
+        ValueError: buffers for another number of parameters, a negative step
+            count, with ``values`` a negative second moment.
+    """
+    if inner.check_state is not None:
+        inner.check_state(state, n_params, name, values)
+
+
+def _check_state_type(state: Any, state_type: type, name: str, optimizer: str) -> None:
+    if not isinstance(state, state_type):
+        raise TypeError(
+            f"{name} must be an {state_type.__name__} (what {optimizer}(...).init returns), "
+            f"got {type(state).__name__}"
+        )
+
+
+def _check_step_count(step: Any, name: str) -> None:
+    """A Python (or NumPy) int step count must be >= 0; a 0-d integer array (traced) is not read."""
+    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        if step < 0:
+            raise ValueError(
+                f"{name}.step must be an int >= 0 (the number of updates taken), got {step}"
+            )
+        return
+    if (
+        getattr(step, "ndim", None) == 0
+        and array_api_compat.is_array_api_obj(step)
+        and array_api_compat.array_namespace(step).isdtype(step.dtype, "integral")
+    ):
+        return
+    raise TypeError(
+        f"{name}.step must be an int >= 0 (a 0-d integer array when traced), got {step!r}"
+    )
+
+
+def _check_buffers(
+    buffers: Any, present: bool, n_params: int, where: str, why: str
+) -> None:
+    """A field of per-parameter arrays: ``None`` when the optimizer has none, else one per parameter."""
+    if not present:
+        if buffers is not None:
+            raise TypeError(f"{where} must be None ({why}), got a {type(buffers).__name__}")
+        return
+    if not isinstance(buffers, (tuple, list)):
+        got = "None" if buffers is None else f"a {type(buffers).__name__}"
+        raise TypeError(
+            f"{where} must be a tuple of {n_params} arrays, one per parameter ({why}), got {got}"
+        )
+    if len(buffers) != n_params:
+        raise ValueError(
+            f"{where} must be a tuple of {n_params} arrays, one per parameter, got {len(buffers)}"
+        )
+
+
+def _check_nonnegative_arrays(buffers: Sequence[Array], where: str, what: str) -> None:
+    """No element below 0 (NaN is not below 0: a blown-up run's state passes)."""
+    for i, v in enumerate(buffers):
+        xp = array_api_compat.array_namespace(v)
+        negative = v < 0
+        if bool(xp.any(negative)):
+            lowest = float(xp.min(xp.where(negative, v, xp.zeros_like(v))))
+            raise ValueError(f"{where}.{i} must be >= 0 everywhere ({what}), got {lowest}")
 
 
 class SGDState(NamedTuple):
@@ -178,10 +279,17 @@ def sgd(
         xp, params = check_arrays("params", params)
         return SGDState(0, _zeros_like(xp, params) if momentum > 0.0 else None)
 
+    def check_state(state: Any, n_params: int, name: str, values: bool = False) -> None:
+        _check_state_type(state, SGDState, name, "sgd")
+        _check_step_count(state.step, name)
+        _check_buffers(state.momentum_buffer, momentum > 0.0, n_params,
+                       f"{name}.momentum_buffer", f"this sgd has momentum={momentum}")
+
     def update(
         grads: Sequence[Array], state: SGDState, params: Sequence[Array]
     ) -> tuple[Arrays, SGDState]:
         xp = _check_step_inputs(grads, params)
+        check_state(state, len(params), "state")
         concrete = _is_concrete_count(state.step)
         first = state.step == 0
         deltas, buffers = [], []
@@ -209,6 +317,7 @@ def sgd(
         "sgd",
         dict(lr=lr, momentum=momentum, dampening=dampening,
              weight_decay=weight_decay, nesterov=nesterov),
+        check_state,
     )
 
 
@@ -247,6 +356,7 @@ def _adam_family(
     weight_decay = check_nonnegative("weight_decay", weight_decay)
     if not isinstance(amsgrad, bool):
         raise TypeError(f"amsgrad must be a bool, got {type(amsgrad).__name__}")
+    name_of_family = name  # "adam" or "adamw"; check_state's name is the state's
 
     def init(params: Sequence[Array]) -> AdamState:
         xp, params = check_arrays("params", params)
@@ -257,10 +367,27 @@ def _adam_family(
             _zeros_like(xp, params) if amsgrad else None,
         )
 
+    def check_state(state: Any, n_params: int, name: str, values: bool = False) -> None:
+        _check_state_type(state, AdamState, name, name_of_family)
+        _check_step_count(state.step, name)
+        for field in ("exp_avg", "exp_avg_sq"):
+            _check_buffers(getattr(state, field), True, n_params, f"{name}.{field}",
+                           f"{name_of_family} keeps one per parameter")
+        _check_buffers(state.max_exp_avg_sq, amsgrad, n_params, f"{name}.max_exp_avg_sq",
+                       f"this {name_of_family} has amsgrad={amsgrad}")
+        if values:
+            # v = β₂v + (1 − β₂)g² is never negative; a negative one makes √v NaN.
+            squares = "a running average of squared gradients"
+            _check_nonnegative_arrays(state.exp_avg_sq, f"{name}.exp_avg_sq", squares)
+            if amsgrad:
+                _check_nonnegative_arrays(state.max_exp_avg_sq, f"{name}.max_exp_avg_sq",
+                                          f"the running maximum of {squares}")
+
     def update(
         grads: Sequence[Array], state: AdamState, params: Sequence[Array]
     ) -> tuple[Arrays, AdamState]:
         xp = _check_step_inputs(grads, params)
+        check_state(state, len(params), "state")
         step = state.step + 1
         if _is_concrete_count(step):
             step_size, bias_correction2_sqrt = _adam_scalars(lr, beta1, beta2, step)
@@ -293,6 +420,7 @@ def _adam_family(
         name,
         dict(lr=lr, betas=(beta1, beta2), eps=eps,
              weight_decay=weight_decay, amsgrad=amsgrad),
+        check_state,
     )
 
 

@@ -24,8 +24,8 @@ from typing import Any, NamedTuple
 
 import array_api_compat
 
-from ._cycle import ALPHA_MODES, plan_step
-from ._inner import InnerOptimizer, _lerp, check_inner
+from ._cycle import ALPHA_MODES, check_count, plan_step
+from ._inner import InnerOptimizer, _lerp, check_inner, check_inner_state
 from ._validation import check_alpha, check_arrays, check_k, check_matching
 
 __all__ = [
@@ -98,6 +98,11 @@ class Lookahead(NamedTuple):
         step: ``step(params, grads, state) -> (params, state)``: one inner
             step (eq. 0.2), then a sync if it was the k-th of the cycle. In
             adaptive mode the sync is the separate call after the k-th step.
+            A ``state.count`` outside ``[0, k)`` (``[0, k]`` adaptive) is a
+            ``ValueError`` naming ``state.count``; an inner state the inner
+            optimizer cannot have made (`check_inner_state`: an `AdamState`
+            handed to `sgd`, a missing momentum buffer, a negative step
+            count) a ``TypeError`` or ``ValueError`` naming ``state.inner``.
         sync: ``sync(params, state) -> (params, state)``: the outer update
             now with the fixed ``alpha``, whatever the position in the cycle.
         inner: the inner optimizer A.
@@ -253,6 +258,10 @@ def lookahead(
         xp, params = check_arrays("params", params)
         check_state(params, state, state_type, hint)
         _check_python_count(state.count)
+        # A count outside the cycle would shift every later sync; a state of
+        # another inner optimizer would fail (or run wrong) inside its update.
+        check_count(state.count, k, alpha_mode, name="state.count")
+        check_inner_state(inner, state.inner, len(params), "state.inner")
         plan = plan_step(state.count, k, alpha_mode)
         step_alpha = alpha
         if plan.estimate:

@@ -31,13 +31,14 @@ state)`` contract (an optax ``GradientTransformation``, for one) fits in an
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import array_api_compat
 
-from ._cycle import completes_cycle
-from ._inner import InnerOptimizer, check_inner
+from ._cycle import check_count, completes_cycle
+from ._inner import InnerOptimizer, check_inner, check_inner_state
 from ._lookahead import Lookahead, check_state, inner_step, sync_slow
 from ._validation import check_alpha, check_arrays, check_k
 
@@ -63,6 +64,18 @@ class TraceableLookaheadState(NamedTuple):
     slow: Arrays
     inner: Any
     count: Array
+
+
+def _check_host_count(count: Any, k: int) -> None:
+    """``state.count`` in ``[0, k)`` when reading it costs nothing: a Python int or a NumPy array.
+
+    Under a tracing compiler the count is a traced array whose value does not
+    exist yet, and on an accelerator reading it would wait for the device at
+    every step; those counts are not checked (a count at or past k syncs at
+    once, a negative one delays the sync).
+    """
+    if isinstance(count, numbers.Integral) or array_api_compat.is_numpy_array(count):
+        check_count(count, k, name="state.count")
 
 
 def python_cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., Any],
@@ -125,6 +138,8 @@ def lookahead(
     ) -> tuple[Arrays, TraceableLookaheadState]:
         xp, params = check_arrays("params", params)
         check_state(params, state, TraceableLookaheadState)
+        _check_host_count(state.count, k)
+        check_inner_state(inner, state.inner, len(params), "state.inner")
         fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
         due = completes_cycle(state.count, k)
         count = xp.asarray(state.count + 1)  # NumPy: 0-d + int is a scalar, keep an array
