@@ -236,3 +236,29 @@ def test_without_rollback_a_checkpoint_with_non_finite_slow_weights_loads_as_it_
         w.grad = torch.ones(3)
         opt.step()
     assert torch.isnan(w.detach()[0])
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("capturable", True),        # saved on a GPU, loaded on the CPU: torch asserts at the step
+    ("lr", None),
+    ("betas", (1.0, 0.999)),     # bias correction 1 - 1**t = 0
+    ("lr", 1e300),               # overflows the float32 parameters
+])
+def test_group_settings_the_next_step_cannot_take_are_refused(key, value):
+    """A step of a throwaway Adam on one-element stand-ins rehearses the checkpoint's settings."""
+    _, opt = _adam()
+    bad = copy.deepcopy(opt.state_dict())
+    bad["param_groups"][0][key] = value
+    _refused(opt, bad, ValueError, r"the inner optimizer \(Adam\) cannot step with this checkpoint's param_groups")
+
+
+def test_the_step_rehearsal_fires_no_global_step_hook():
+    calls = []
+    handle = torch.optim.optimizer.register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append(opt))
+    try:
+        _, opt = _adam(steps=0)
+        sd = copy.deepcopy(opt.state_dict())
+        opt.load_state_dict(sd)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -39,9 +39,11 @@ from ._inner_checks import (
     INNER_KEY,
     check_group_keys,
     check_inner_class,
+    check_state_entries,
     check_state_value,
     inner_class_name,
     rehearse_setstate,
+    rehearse_step,
 )
 from ._policies import ALPHA_MIN_KEY, LAST_ALPHA_KEY, MOMENTUM_BUFFER, START_GRAD_BUFFER
 
@@ -196,11 +198,17 @@ def _rehearse_inner_load(
     live_groups = [{**saved, "params": group["params"]} for saved, group in zip(inner_groups, groups)]
     live_state = {groups[g]["params"][i]: inner_state[pid] for pid, (g, i) in index_of.items()
                   if pid in inner_state}
+    names = {groups[g]["params"][i]: pid for pid, (g, i) in index_of.items()}
+    for g, group in enumerate(groups):
+        entries = {p: live_state.get(p, {}) for p in group["params"]}
+        check_state_entries(lambda p: f"state_dict['state'][{names[p]!r}]", entries, opt._inner,
+                            live_groups[g], opt._inner.state)
     rehearsed = rehearse_setstate(opt._inner, live_groups, live_state)
     if rehearsed is None:
         return
     for g, (after, group) in enumerate(zip(rehearsed, groups)):
         check_group_keys(f"state_dict['param_groups'][{g}]", after, group)
+    rehearse_step(opt._inner, rehearsed)
 
 
 def _plan_group(

@@ -24,8 +24,9 @@ inner optimizer's ``state`` and ``param_groups`` are put back.
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
+import warnings
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -37,15 +38,18 @@ __all__ = [
     "INNER_KEY",
     "check_group_keys",
     "check_inner_class",
+    "check_state_entries",
     "check_state_value",
     "inner_class_name",
     "load_all_or_nothing",
     "rehearse_setstate",
+    "rehearse_step",
 ]
 
 INNER_KEY = "lookahead_inner"
 
 _SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _FIRST_MOMENTS = ("momentum_buffer", "exp_avg")
 
 
@@ -78,7 +82,8 @@ def check_state_value(where: str, key: str, value: Any) -> None:
         number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
         if isinstance(number, bool) or not isinstance(number, numbers.Real):
             raise TypeError(f"{where}[{key!r}] must be a number >= 0, got {value!r}")
-        if not math.isfinite(float(number)) or float(number) < 0:
+        # torch.optim keeps the step as a float32 tensor: it must stay finite there.
+        if not 0.0 <= float(number) <= _FLOAT32_MAX:
             raise ValueError(f"{where}[{key!r}] must be a finite number >= 0, got {number!r}")
         return
     if key not in _FIRST_MOMENTS + _SECOND_MOMENTS or not isinstance(value, torch.Tensor):
@@ -93,6 +98,56 @@ def check_state_value(where: str, key: str, value: Any) -> None:
             f"{where}[{key!r}] holds negative values; a second moment is >= 0 (Adam takes its "
             "square root)"
         )
+
+
+def required_state_keys(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> set[str] | None:
+    """The keys a non-empty state entry of ``optimizer`` must have in ``group``, if known.
+
+    Known for ``torch.optim.SGD`` (with momentum) and ``Adam``/``AdamW`` (and
+    their subclasses); ``None`` for other optimizers, whose entries are then
+    compared with the live state and with each other.
+    """
+    if isinstance(optimizer, torch.optim.Adam) or isinstance(optimizer, torch.optim.AdamW):
+        keys = {"step", "exp_avg", "exp_avg_sq"}
+        if group.get("amsgrad", False):
+            keys.add("max_exp_avg_sq")
+        return keys
+    if isinstance(optimizer, torch.optim.SGD):
+        return {"momentum_buffer"} if float(group.get("momentum", 0.0) or 0.0) != 0.0 else set()
+    return None
+
+
+def check_state_entries(
+    where: str,
+    entries: Mapping[Any, Mapping[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    group: Mapping[str, Any],
+    live: Mapping[Any, Mapping[str, Any]],
+) -> None:
+    """The inner part of each non-empty saved entry of one group has the keys the optimizer reads.
+
+    ``entries`` maps each parameter to the inner part of its saved entry (as
+    `where` names it), ``live`` to its live state, if any. A missing key is a
+    ``KeyError`` at the next step, a value of another kind an ``AttributeError``.
+    """
+    required = required_state_keys(optimizer, group)
+    nonempty = {p: entry for p, entry in entries.items() if entry}
+    if required is None:
+        templates = [set(live[p]) for p in nonempty if p in live and live[p]]
+        union = set().union(*map(set, nonempty.values())) if nonempty else set()
+        required = templates[0] if templates else union
+    for p, entry in nonempty.items():
+        missing = sorted(required - set(entry))
+        if missing:
+            raise ValueError(
+                f"{where(p)} is missing {missing}; {type(optimizer).__name__}'s state of a parameter "
+                f"has {sorted(required)}"
+            )
+        for key, value in entry.items():
+            template = live.get(p, {}).get(key) if p in live else None
+            expect_tensor = key in _FIRST_MOMENTS + _SECOND_MOMENTS or isinstance(template, torch.Tensor) and key != "step"
+            if expect_tensor and not isinstance(value, torch.Tensor) and not (value is None and key == "momentum_buffer"):
+                raise TypeError(f"{where(p)}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
 
 
 def rehearse_setstate(
@@ -131,12 +186,72 @@ def rehearse_setstate(
     except Exception:  # noqa: BLE001 - a class that needs more than its state: cannot rehearse
         return None
     try:
-        return rehearse(groups, state)
+        after = rehearse(groups, state)
     except Exception as exc:  # noqa: BLE001 - whatever the class raises, the load must not start
         raise ValueError(
             f"the inner optimizer ({cls.__name__}) refuses this checkpoint: "
             f"{type(exc).__name__}: {exc}"
         ) from None
+    return after
+
+
+def rehearse_step(optimizer: torch.optim.Optimizer, groups: Sequence[Mapping[str, Any]]) -> None:
+    """One step with ``groups``' settings on stand-ins must run (see `_steps_on_stand_ins`).
+
+    Skipped for a class that cannot take that step with its own current
+    groups either (one that needs a closure, such as LBFGS).
+
+    Raises:
+        ValueError: the step fails with the checkpoint's settings.
+    """
+    if _steps_on_stand_ins(optimizer, optimizer.param_groups) is not None:
+        return
+    try:
+        _steps_on_stand_ins(optimizer, groups, strict=True)
+    except Exception as exc:  # noqa: BLE001 - whatever the class raises, the load must not start
+        raise ValueError(
+            f"the inner optimizer ({type(optimizer).__name__}) cannot step with this checkpoint's "
+            f"param_groups: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _steps_on_stand_ins(
+    optimizer: torch.optim.Optimizer, groups: Sequence[Mapping[str, Any]], strict: bool = False
+) -> Exception | None:
+    """One step of a throwaway ``type(optimizer)`` with ``groups``' settings on one-element stand-ins.
+
+    Each parameter is replaced by a one-element zero tensor of its dtype and
+    device with a zero gradient, and the state is empty: what fails here (an
+    ``lr`` of ``None``, betas of 1, ``capturable=True`` on the CPU, an ``lr``
+    that overflows the parameters' dtype) fails at the next real step. The
+    class's step runs unwrapped, so no global step hook sees the rehearsal.
+
+    Returns:
+        ``None`` if the step ran; the exception otherwise (``strict``: raised).
+    """
+    cls = type(optimizer)
+    stand_in_groups = []
+    for group in groups:
+        params = []
+        for p in group["params"]:
+            local = _distributed.local(p)
+            stand_in = torch.zeros(1, dtype=local.dtype, device=local.device, requires_grad=True)
+            stand_in.grad = torch.zeros_like(stand_in)
+            params.append(stand_in)
+        stand_in_groups.append({**group, "params": params})
+    dummy = cls.__new__(cls)
+    step = getattr(cls.step, "__wrapped__", cls.step)
+    try:
+        cls.__setstate__(dummy, {"defaults": dict(optimizer.defaults), "state": defaultdict(dict),
+                                 "param_groups": stand_in_groups})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            step(dummy)
+    except Exception as exc:  # noqa: BLE001 - reported or raised by the caller
+        if strict:
+            raise
+        return exc
+    return None
 
 
 def check_group_keys(where: str, rehearsed: Mapping[str, Any], live: Mapping[str, Any]) -> None:
