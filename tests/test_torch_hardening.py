@@ -253,8 +253,10 @@ def test_group_settings_the_next_step_cannot_take_are_refused(key, value):
 
 
 def test_the_step_rehearsal_fires_no_global_step_hook():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
     calls = []
-    handle = torch.optim.optimizer.register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append(opt))
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append(opt))
     try:
         _, opt = _adam(steps=0)
         sd = copy.deepcopy(opt.state_dict())
