@@ -147,7 +147,7 @@ def _check_step_count(step: Any, name: str) -> None:
 def _check_buffers(
     buffers: Any, present: bool, n_params: int, where: str, why: str
 ) -> None:
-    """A field of per-parameter arrays: ``None`` when the optimizer has none, else one per parameter."""
+    """A field of per-parameter arrays: ``None`` if the optimizer has none, else one per parameter."""
     if not present:
         if buffers is not None:
             raise TypeError(f"{where} must be None ({why}), got a {type(buffers).__name__}")

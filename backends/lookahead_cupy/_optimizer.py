@@ -131,6 +131,12 @@ class Lookahead(InPlaceLookahead):
             back once each, two device-to-host copies per parameter per cycle.
             Costs one parameter-sized buffer (∇L(θ_{t,0})).
         alpha_min: lower end of the adaptive range, in [0, 1] (default 0.1).
+        nonfinite: ``None`` (default, the paper) or ``"rollback"``: at a sync,
+            if the parameters or the inner state hold inf or NaN, θ ← φ
+            instead, the inner state restarts and `rollbacks` counts it, as in
+            `lookahead_numpy.Lookahead`. The check runs at syncs only: two
+            reductions per array (θ and every inner-state array) on the
+            device and one device-to-host read of the verdict.
         kernel: how the dense parameters are synced: ``"auto"`` (the
             default, currently ``"multi_tensor"``), ``"multi_tensor"`` (one
             ``RawKernel`` launch per dtype over a table of pointers) or
@@ -166,6 +172,7 @@ class Lookahead(InPlaceLookahead):
         *,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
+        nonfinite: str | None = None,
         kernel: str = "auto",
     ) -> None:
         cupy = require_cupy()
@@ -182,7 +189,8 @@ class Lookahead(InPlaceLookahead):
         )
         with self._device:
             super().__init__(
-                params, inner, k, alpha, alpha_mode=alpha_mode, alpha_min=alpha_min, kernel=kernel
+                params, inner, k, alpha, alpha_mode=alpha_mode, alpha_min=alpha_min,
+                nonfinite=nonfinite, kernel=kernel,
             )
 
     # -- attributes of this adapter ----------------------------------------------------
@@ -329,6 +337,15 @@ class Lookahead(InPlaceLookahead):
         """
         with self._device:
             super().step(grads)
+
+    def sync(self) -> None:
+        """The outer update now, on the parameters' device. See `lookahead_numpy.Lookahead.sync`.
+
+        Raises:
+            RuntimeError: called inside `slow_weights`.
+        """
+        with self._device:
+            super().sync()
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a checkpoint made by `state_dict`, all or nothing.

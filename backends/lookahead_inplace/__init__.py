@@ -15,18 +15,23 @@ this package imports NumPy; it does no array work with it.
 Modules: `lookahead_inplace.base` (the class), `lookahead_inplace.checkpoint`
 (flattening nested inner states to dotted keys and checking them on load),
 `lookahead_inplace.memory` (memory order, overlap and sharing checks),
-`lookahead_inplace.lerp` (the two-sided lerp's weights).
+`lookahead_inplace.lerp` (the two-sided lerp's weights),
+`lookahead_inplace.nonfinite` (``nonfinite="rollback"``'s argument and check).
 """
 
 from .base import InPlaceLookahead
 from .lerp import lerp_weights
 from .memory import byte_extent, check_no_self_overlap, check_no_shared_memory, memory_order
+from .nonfinite import NONFINITE_MODES, all_finite, check_nonfinite
 
 __all__ = [
+    "NONFINITE_MODES",
     "InPlaceLookahead",
+    "all_finite",
     "byte_extent",
     "check_no_self_overlap",
     "check_no_shared_memory",
+    "check_nonfinite",
     "lerp_weights",
     "memory_order",
 ]

@@ -31,6 +31,7 @@ Hooks (each subclass implements all of them):
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -49,10 +50,12 @@ from .checkpoint import (
     flatten_tree,
     unflatten_tree,
 )
+from .nonfinite import all_finite, check_nonfinite
 
 __all__ = ["InPlaceLookahead"]
 
 _INNER_PREFIX = "inner"
+_ROLLBACKS_KEY = "rollbacks"  # optional: 0.1.0 had no rollback, its checkpoints lack it
 
 
 def _reraise_for_key(key: str, exc: TypeError | ValueError) -> TypeError | ValueError:
@@ -79,11 +82,13 @@ class InPlaceLookahead:
         *,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
+        nonfinite: str | None = None,
         **options: Any,
     ) -> None:
         lc.check_inner(inner)
         k = lc.check_k(k)
         alpha, alpha_mode, alpha_min = lc.check_alpha_mode(alpha, alpha_mode, alpha_min)
+        nonfinite = check_nonfinite(nonfinite)
         options = self._check_options(**options)
         params = self._check_params(params)
         inner_state = inner.init(params)
@@ -99,8 +104,11 @@ class InPlaceLookahead:
         self._swapped = False
         self._alpha_mode = alpha_mode
         self._alpha_min = alpha_min
+        self._nonfinite = nonfinite
+        self._rollbacks = 0
         # Adaptive α: ∇L(θ_{t,0}) of the current cycle, the mode's one extra buffer.
         xp = array_api_compat.array_namespace(*params)
+        self._xp = xp
         self._start_grads = (
             tuple(xp.zeros_like(p) for p in params) if alpha_mode == "adaptive" else None
         )
@@ -195,6 +203,16 @@ class InPlaceLookahead:
         return self._last_alpha
 
     @property
+    def nonfinite(self) -> str | None:
+        """``None`` (the paper) or ``"rollback"``: what a sync does when something is inf or NaN."""
+        return self._nonfinite
+
+    @property
+    def rollbacks(self) -> int:
+        """How many syncs ``nonfinite="rollback"`` replaced by a rollback (kept in checkpoints)."""
+        return self._rollbacks
+
+    @property
     def slow(self) -> tuple[Any, ...]:
         """Views of the slow weights φ (read-only where the library allows it).
 
@@ -205,9 +223,10 @@ class InPlaceLookahead:
         return self._param_views if self._swapped else self._slow_views
 
     def __repr__(self) -> str:
+        policy = "" if self._nonfinite is None else f", nonfinite={self._nonfinite!r}"
         return (
             f"Lookahead(inner={self._inner.name!r}, k={self._k}, alpha={self._alpha}, "
-            f"params={len(self._params)}, count={self._count})"
+            f"params={len(self._params)}, count={self._count}{policy})"
         )
 
     # -- the algorithm -----------------------------------------------------------------
@@ -239,10 +258,8 @@ class InPlaceLookahead:
                 for buffer, grad in zip(self._start_grads, grads):  # grads = ∇L(θ_{t,0})
                     self._assign(buffer, grad)
             self._apply(self._fast, delta)
-        if plan.sync:
-            self._lerp_and_reset(alpha)
-            if self._alpha_mode == "adaptive":
-                self._last_alpha = alpha
+        if plan.sync and self._sync_or_roll_back(alpha) and self._alpha_mode == "adaptive":
+            self._last_alpha = alpha
         self._count = plan.count
 
     def _estimate_alpha(self, grads: Sequence[Any]) -> float:
@@ -270,10 +287,50 @@ class InPlaceLookahead:
         self._sync_now()
 
     def _sync_now(self) -> None:
-        self._lerp_and_reset(self._alpha)
+        synced = self._sync_or_roll_back(self._alpha)
         self._count = 0
-        if self._alpha_mode == "adaptive":
+        if synced and self._alpha_mode == "adaptive":
             self._last_alpha = self._alpha  # an explicit sync uses the fixed α, as the core
+
+    def _sync_or_roll_back(self, alpha: float) -> bool:
+        """The sync with ``alpha`` or, under ``nonfinite="rollback"``, the rollback; True: synced.
+
+        The caller restarts the cycle (count 0) either way.
+        """
+        if self._nonfinite == "rollback" and not self._state_is_finite():
+            self._roll_back()
+            return False
+        self._lerp_and_reset(alpha)
+        return True
+
+    def _state_is_finite(self) -> bool:
+        """No inf or NaN in θ or in the inner state.
+
+        φ is not read, as in the PyTorch adapter; under rollback a checkpoint
+        with a non-finite φ is refused at load.
+        """
+        leaves = list(flatten_tree(_INNER_PREFIX, self._inner_state).values())
+        arrays = list(self._fast) + [leaf for leaf in leaves if isinstance(leaf, self._array_type)]
+        scalars = [leaf for leaf in leaves if isinstance(leaf, float)]
+        return all(math.isfinite(x) for x in scalars) and self._all_finite(arrays)
+
+    def _all_finite(self, arrays: Sequence[Any]) -> bool:
+        """Whether ``arrays`` hold no inf or NaN: two reductions each, one host read in all."""
+        return all_finite(self._xp, arrays)
+
+    def _roll_back(self) -> None:
+        """θ ← φ instead of the sync; the inner state restarts; counted in `rollbacks`.
+
+        A blow-up nearly always poisons the inner optimizer's moments too, and
+        one that leaves the weights finite (Adam's second moment overflowing
+        to inf freezes a coordinate for good) poisons only them: both restart.
+        ∇L(θ_{t,0}) of adaptive mode is not touched: the next cycle's first
+        step records it anew.
+        """
+        for fast, slow in zip(self._fast, self._slow):
+            self._assign(fast, slow)
+        self._inner_state = self._inner.init(self._params)
+        self._rollbacks += 1
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[tuple[Any, ...]]:
@@ -313,7 +370,9 @@ class InPlaceLookahead:
 
         Keys: ``k``, ``alpha``, ``count`` (Python scalars), ``inner_name`` (str),
         ``slow.<i>`` (φ, one array per parameter) and ``inner.<field>[.<i>]``
-        (the inner optimizer's state; ``None`` fields give no key). Every array
+        (the inner optimizer's state; ``None`` fields give no key); with
+        ``nonfinite="rollback"`` (or once a loaded checkpoint brought a count)
+        ``rollbacks`` (int). Every array
         is a fresh NumPy copy. The parameters θ are not included unless
         ``include_params`` (then as ``params.<i>``): save them yourself, as with
         ``torch.optim``.
@@ -328,6 +387,8 @@ class InPlaceLookahead:
             "count": self._count,
             "inner_name": self._inner.name,
         }
+        if self._nonfinite == "rollback" or self._rollbacks:
+            sd[_ROLLBACKS_KEY] = self._rollbacks
         for i, array in enumerate(slow):
             sd[f"slow.{i}"] = self._export(array)
         if self._alpha_mode == "adaptive":
@@ -349,13 +410,18 @@ class InPlaceLookahead:
 
         Everything is checked before anything changes: the key set, the inner
         optimizer's name and state layout, every shape and dtype, ``k``,
-        ``alpha`` and ``count``. On any error the optimizer (and the
-        parameters) are left exactly as they were. The caller's mapping is
-        never modified, and nothing it holds is shared afterwards. Accepts
+        ``alpha`` and ``count``, values the next step could not continue from
+        (a negative step count or second moment, see
+        `lookahead_core.check_inner_state`) and, under
+        ``nonfinite="rollback"``, that the slow weights are finite. On any
+        error the optimizer (and the parameters) are left exactly as they
+        were. The caller's mapping is never modified, and nothing it holds is
+        shared afterwards. Accepts
         what ``np.load`` returns (0-d arrays for scalars and strings). ``k``
         and ``alpha`` from the checkpoint replace the optimizer's. When the
         ``params.<i>`` keys are present (``state_dict(include_params=True)``)
-        the parameters are restored too, in place.
+        the parameters are restored too, in place. ``rollbacks`` may be
+        absent (a 0.1.0 checkpoint): the counter is then 0.
 
         Args:
             state_dict: a mapping such as ``opt.state_dict()`` or ``np.load(file)``.
@@ -395,16 +461,13 @@ class InPlaceLookahead:
                 name="state_dict['last_alpha'] (NaN: no sync yet)",
             )
         count = lc.check_count(count, k, self._alpha_mode, name="state_dict['count']")
+        rollbacks = _check_rollbacks(values.get(_ROLLBACKS_KEY, 0))
 
-        slow = self._checked_arrays("slow", values)
+        # Under rollback every sync would roll back to a non-finite φ: refuse it.
+        slow = self._checked_arrays("slow", values, finite=self._nonfinite == "rollback")
         start_grads = self._checked_arrays("start_grads", values) if adaptive else None
         params = self._checked_arrays("params", values) if with_params else None
-        template = flatten_tree(_INNER_PREFIX, self._inner_state)
-        leaves = {}
-        for key, leaf in template.items():
-            value = coerce_leaf(key, leaf, values[key], self._array_type)
-            leaves[key] = self._stage(value) if isinstance(leaf, self._array_type) else value
-        inner_state = unflatten_tree(_INNER_PREFIX, self._inner_state, leaves)
+        inner_state = self._checked_inner_state(values)
 
         # Everything is valid (and staged): commit. Copying in place keeps the
         # buffers, and every view of them such as opt.slow, where they are.
@@ -420,6 +483,21 @@ class InPlaceLookahead:
             self._last_alpha = last_alpha
         self._inner_state = inner_state
         self._k, self._alpha, self._count = k, alpha, count
+        self._rollbacks = rollbacks
+
+    def _checked_inner_state(self, values: Mapping[str, Any]) -> Any:
+        """The checkpoint's inner state, checked on the host, then staged in the library's form."""
+        template = flatten_tree(_INNER_PREFIX, self._inner_state)
+        host = {key: coerce_leaf(key, leaf, values[key], self._array_type)
+                for key, leaf in template.items()}
+        checked = unflatten_tree(_INNER_PREFIX, self._inner_state, host)
+        try:
+            lc.check_inner_state(self._inner, checked, len(self._params), _INNER_PREFIX, values=True)
+        except (TypeError, ValueError) as exc:
+            raise _reraise_for_path(exc) from None
+        staged = {key: self._stage(value) if isinstance(template[key], self._array_type) else value
+                  for key, value in host.items()}
+        return unflatten_tree(_INNER_PREFIX, self._inner_state, staged)
 
     def _read_mapping(self, state_dict: Any) -> dict[str, Any]:
         if not isinstance(state_dict, Mapping):
@@ -458,7 +536,7 @@ class InPlaceLookahead:
         if with_params:
             expected |= param_keys
         missing = sorted(expected - values.keys())
-        extra = sorted(values.keys() - expected)
+        extra = sorted(values.keys() - expected - {_ROLLBACKS_KEY})
         if missing or extra:
             parts = []
             if missing:
@@ -471,13 +549,40 @@ class InPlaceLookahead:
             )
         return with_params
 
-    def _checked_arrays(self, prefix: str, values: Mapping[str, Any]) -> list[Any]:
-        return [
-            self._stage(
-                as_array(f"{prefix}.{i}", values[f"{prefix}.{i}"], p.shape, p.dtype, copy=False)
-            )
-            for i, p in enumerate(self._params)
-        ]
+    def _checked_arrays(
+        self, prefix: str, values: Mapping[str, Any], finite: bool = False
+    ) -> list[Any]:
+        """``prefix.<i>`` for each parameter, checked on the host (finite if asked), then staged."""
+        arrays = []
+        for i, p in enumerate(self._params):
+            key = f"{prefix}.{i}"
+            array = as_array(key, values[key], p.shape, p.dtype, copy=False)
+            if finite and not bool(np.isfinite(array).all()):
+                raise ValueError(
+                    f"state_dict[{key!r}] must be finite under nonfinite='rollback' (every sync "
+                    "would roll back to it), got inf or NaN"
+                )
+            arrays.append(array)
+        return [self._stage(array) for array in arrays]
+
+
+def _check_rollbacks(value: Any) -> int:
+    count = as_int(_ROLLBACKS_KEY, value)
+    if count < 0:
+        raise ValueError(f"state_dict[{_ROLLBACKS_KEY!r}] must be an int >= 0, got {count}")
+    return count
+
+
+def _reraise_for_path(exc: TypeError | ValueError) -> TypeError | ValueError:
+    """The core's ``inner.exp_avg_sq.3 must ...`` as ``state_dict['inner.exp_avg_sq.3'] must ...``.
+
+    `lookahead_core.check_inner_state` names a field's arrays ``name.field.i``,
+    which with the name ``inner`` are the checkpoint's own keys.
+    """
+    path, _, rest = str(exc).partition(" ")
+    if path.startswith(_INNER_PREFIX):
+        return type(exc)(f"state_dict[{path!r}] {rest}")
+    return type(exc)(f"state_dict: {exc}")
 
 
 def _abbreviate(keys: list[str], limit: int = 8) -> str:

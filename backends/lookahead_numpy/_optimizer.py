@@ -57,6 +57,14 @@ class Lookahead(InPlaceLookahead):
             serves the estimate and the sync. Costs one parameter-sized buffer
             (∇L(θ_{t,0})) and one gradient evaluation per cycle. See the Theory page.
         alpha_min: lower end of the adaptive range, in [0, 1] (default 0.1).
+        nonfinite: ``None`` (default, the paper) or ``"rollback"``, as in the
+            PyTorch adapter: at a sync (the k-th step, or `sync`), if the
+            parameters or the inner state hold inf or NaN, the parameters are
+            reset to the slow weights instead (θ ← φ; the sync is skipped, the
+            inner state restarts from ``inner.init``, the cycle restarts and
+            `rollbacks` counts it), so one blow-up loses at most k steps, not
+            the run. Steps that do not sync do not look; a sync reads θ and
+            the inner state once more (two reductions per array, no temporary).
         block_bytes: bytes per block of the sync and of the slow-weight swap
             (default 256 KiB). The scratch buffer, allocated here once per
             dtype, holds one block.
@@ -88,12 +96,13 @@ class Lookahead(InPlaceLookahead):
         *,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
+        nonfinite: str | None = None,
         block_bytes: int = blocks.DEFAULT_BLOCK_BYTES,
     ) -> None:
         self._pairs: tuple[blocks.BlockPair, ...] = ()
         super().__init__(
-            params, inner, k, alpha,
-            alpha_mode=alpha_mode, alpha_min=alpha_min, block_bytes=block_bytes,
+            params, inner, k, alpha, alpha_mode=alpha_mode, alpha_min=alpha_min,
+            nonfinite=nonfinite, block_bytes=block_bytes,
         )
 
     # -- the NumPy hooks of InPlaceLookahead ---------------------------------------------

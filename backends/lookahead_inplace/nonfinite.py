@@ -1,0 +1,48 @@
+"""The non-finite policy of the in-place adapters: ``nonfinite=None`` or ``"rollback"``.
+
+The check it needs, `all_finite`, is written against the Array API, so the
+NumPy and the CuPy adapter run the same code (on the host or on the device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["NONFINITE_MODES", "all_finite", "check_nonfinite"]
+
+NONFINITE_MODES = (None, "rollback")
+"""``None``: the paper, no check. ``"rollback"``: at a sync, θ ← φ if anything is inf or NaN."""
+
+
+def check_nonfinite(nonfinite: Any) -> str | None:
+    """``nonfinite`` is ``None`` (the paper: no check) or ``"rollback"`` (as in PyTorch's adapter)."""
+    if nonfinite is not None and not isinstance(nonfinite, str):
+        raise TypeError(
+            f"nonfinite must be None or 'rollback', got {nonfinite!r} of type "
+            f"{type(nonfinite).__name__}"
+        )
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be None or 'rollback', got {nonfinite!r}")
+    return nonfinite
+
+
+def all_finite(xp: Any, arrays: Sequence[Any]) -> bool:
+    """Whether every element of every array is finite, with no parameter-sized temporary.
+
+    A NaN anywhere makes an array's min and max NaN (NumPy's and CuPy's
+    reductions propagate it), +inf is its max and −inf its min, so an array is
+    finite exactly when both are. That is two reductions per array and one
+    host read for all of them (one device synchronization on a GPU); empty
+    arrays are skipped. On the host it takes the time ``isfinite(x).all()``
+    takes, without its temporary of one byte per element (NumPy reduces a
+    non-contiguous array through a 64 KiB buffer).
+
+    Args:
+        xp: the arrays' Array API namespace.
+        arrays: arrays of one library and device, any real floating dtypes.
+    """
+    extremes = [xp.reshape(e, (1,)) for a in arrays if a.size for e in (xp.min(a), xp.max(a))]
+    if not extremes:
+        return True
+    return bool(xp.all(xp.isfinite(xp.concat(extremes))))
