@@ -41,6 +41,7 @@ from .tools import MissingToolError, is_kit_tool, missing_tools_message
 __all__ = [
     "CHECKS",
     "EQ01_EPS_PER_SYNC",
+    "EQ01_SUBNORMALS_PER_SYNC",
     "FAIL",
     "NOT_APPLICABLE",
     "PASS",
@@ -48,8 +49,12 @@ __all__ = [
     "Check",
     "CheckFailure",
     "CheckResult",
+    "Eq01Case",
+    "Eq01Expected",
     "NotApplicable",
     "Passed",
+    "check_eq01_cases",
+    "eq01_expected",
     "run_check",
 ]
 
@@ -60,6 +65,10 @@ SHAPES = ((7,), (3, 4), (2, 1, 3))
 
 EQ01_EPS_PER_SYNC = 4.0
 """Tolerance of eq. 0.1 after t syncs: ``EQ01_EPS_PER_SYNC · (t + 1)`` eps (see `check_eq01_closed_form`)."""
+
+EQ01_SUBNORMALS_PER_SYNC = 1.0
+"""Floor of eq. 0.1's tolerance: ``EQ01_SUBNORMALS_PER_SYNC · (t + 1)`` smallest subnormals of the
+dtype, added to the relative part (see `check_eq01_closed_form`)."""
 
 REFERENCE_EPS_PER_STEP = 8.0
 """Tolerance against the reference: ``REFERENCE_EPS_PER_STEP · (steps + syncs)`` eps (see `check_reference`)."""
@@ -144,8 +153,9 @@ def _eps_error(actual: np.ndarray, expected: np.ndarray, dtype: Any, magnitude: 
     return diff / (_eps(dtype) * magnitude)
 
 
-def _random(rng: np.random.Generator, dtype: str, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    return [np.asarray(rng.standard_normal(shape), dtype=dtype) for shape in shapes]
+def _random(rng: np.random.Generator, dtype: str, shapes: Sequence[tuple[int, ...]],
+            scale: float = 1.0) -> list[np.ndarray]:
+    return [np.asarray(rng.standard_normal(shape) * scale, dtype=dtype) for shape in shapes]
 
 
 def _require_like(arrays: Sequence[np.ndarray], like: Sequence[np.ndarray], what: str) -> None:
@@ -194,7 +204,11 @@ class _Worst:
 
 
 class Eq01Case(NamedTuple):
-    """One run of `check_eq01_closed_form`: inner SGD with learning rate ``lr``."""
+    """One run of `check_eq01_closed_form`: inner SGD with learning rate ``lr``.
+
+    Parameters and gradients are standard normal times ``scale``; a scale of
+    the dtype's smallest subnormal gives inputs a few subnormal steps apart.
+    """
 
     dtype: str
     k: int
@@ -204,6 +218,57 @@ class Eq01Case(NamedTuple):
     tail: int
     lr: float
     seed: int
+    scale: float = 1.0
+
+
+class Eq01Expected(NamedTuple):
+    """eq. 0.1 for one parameter, in float64 scaled by ``2**shift`` (see `eq01_expected`).
+
+    Attributes:
+        value: φ_t by eq. 0.1, times ``2**shift``.
+        magnitude: the largest |φ₀| or |θ_{j,k}|, times ``2**shift``.
+        shift: the power of two that brings the inputs near 1, so that inputs
+            subnormal in float64 are exact in the oracle.
+    """
+
+    value: np.ndarray
+    magnitude: float
+    shift: int
+
+
+def eq01_expected(phi0: np.ndarray, fasts: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+                  lr: float, alpha: float) -> Eq01Expected:
+    """eq. 0.1 for one parameter, from what a runner showed: φ₀ and, per sync, the fast
+    weights one step before it and the last gradient (inner SGD: θ_{j,k} = θ_{j,k-1} − lr·g).
+
+    Evaluated in float64 on the inputs scaled by a power of two that brings the
+    largest near 1: exact scaling, so for inputs in float64's normal range the
+    result is that of the unscaled formula, and float64 subnormals keep all their bits.
+    """
+    observed = [np.abs(phi0.astype(np.float64)), *(np.abs(f.astype(np.float64)) for f in fasts),
+                *(abs(lr) * np.abs(g.astype(np.float64)) for g in grads)]
+    largest = max((float(np.max(a, initial=0.0)) for a in observed), default=0.0)
+    shift = -math.frexp(largest)[1] if math.isfinite(largest) else 0
+
+    def scaled(a: np.ndarray) -> np.ndarray:
+        return np.ldexp(a.astype(np.float64), shift)
+
+    thetas = [scaled(f) - lr * scaled(g) for f, g in zip(fasts, grads)]
+    t = len(thetas)
+    start = scaled(phi0)
+    value = (1.0 - alpha) ** t * start
+    for j, theta in enumerate(thetas, start=1):
+        value = value + alpha * (1.0 - alpha) ** (t - j) * theta
+    return Eq01Expected(value, _magnitude(start, *thetas), shift)
+
+
+def _eq01_tolerance_eps(dtype: str, syncs: int, expected: Eq01Expected) -> float:
+    """The tolerance after ``syncs`` syncs, (t + 1)·(`EQ01_EPS_PER_SYNC`·eps·M +
+    `EQ01_SUBNORMALS_PER_SYNC`·σ), in units of eps·M; σ, the smallest subnormal, scaled like M."""
+    info = np.finfo(np.dtype(dtype))
+    subnormal = float(np.ldexp(np.float64(info.smallest_subnormal), expected.shift))
+    floor = EQ01_SUBNORMALS_PER_SYNC * subnormal / (float(info.eps) * expected.magnitude)
+    return (syncs + 1) * (EQ01_EPS_PER_SYNC + floor)
 
 
 _EQ01_SCRIPTED = (
@@ -222,34 +287,34 @@ def _run_eq01_case(backend: Backend, case: Eq01Case, worst: _Worst) -> None:
     dtype, k, alpha, lr = case.dtype, case.k, case.alpha, case.lr
     label = (f"{dtype} k={k} alpha={alpha!r} lr={lr} shapes={list(case.shapes)} "
              f"syncs={case.syncs} seed={case.seed}")
+    if case.scale != 1.0:
+        label += f" scale={case.scale!r}"
     rng = np.random.default_rng(case.seed)
-    params = _random(rng, dtype, case.shapes)
+    params = _random(rng, dtype, case.shapes, case.scale)
     runner = backend.create(params, InnerSpec("sgd", {"lr": lr}), k, alpha)
-    phi0 = [p.astype(np.float64) for p in params]
-    before_syncs: list[list[np.ndarray]] = []  # θ_{j,k}, in float64
+    # Per sync, the fast weights one step before it and the last gradient: θ_{j,k} is
+    # rebuilt from them (inner SGD), in float64, by `eq01_expected`.
+    before_syncs: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
     slow = params
     for t in range(1, case.syncs + 1):
         for _ in range(k - 1):
-            runner.step(_random(rng, dtype, case.shapes))
+            runner.step(_random(rng, dtype, case.shapes, case.scale))
         last_fast = runner.fast()
-        grads = _random(rng, dtype, case.shapes)
+        grads = _random(rng, dtype, case.shapes, case.scale)
         runner.step(grads)
-        # θ_{t,k} = θ_{t,k-1} − lr·g (inner SGD), rebuilt in float64 from what was observed.
-        before_syncs.append([f.astype(np.float64) - lr * g.astype(np.float64)
-                             for f, g in zip(last_fast, grads)])
+        before_syncs.append((last_fast, grads))
         fast, slow = runner.fast(), runner.slow()
         _require_like(slow, params, f"{label}: slow after sync {t}")
         _require_equal(fast, slow, f"{label}: fast (vs slow) right after sync {t}")
         for i in range(len(params)):
-            thetas = [theta[i] for theta in before_syncs]
-            expected = (1.0 - alpha) ** t * phi0[i]
-            for j, theta in enumerate(thetas, start=1):
-                expected = expected + alpha * (1.0 - alpha) ** (t - j) * theta
-            err = _eps_error(slow[i], expected, dtype, _magnitude(phi0[i], *thetas))
-            worst.record(err, EQ01_EPS_PER_SYNC * (t + 1),
+            expected = eq01_expected(params[i], [f[i] for f, _ in before_syncs],
+                                     [g[i] for _, g in before_syncs], lr, alpha)
+            err = _eps_error(np.ldexp(slow[i].astype(np.float64), expected.shift), expected.value,
+                             dtype, expected.magnitude)
+            worst.record(err, _eq01_tolerance_eps(dtype, t, expected),
                          f"{label}: slow[{i}] after sync {t} (eq. 0.1)")
     for n in range(1, case.tail % k + 1):
-        runner.step(_random(rng, dtype, case.shapes))
+        runner.step(_random(rng, dtype, case.shapes, case.scale))
         _require_equal(runner.slow(), slow, f"{label}: slow after {n} non-sync steps")
 
 
@@ -269,6 +334,7 @@ def _eq01_strategy(dtypes: Sequence[str]) -> Any:
         tail=st.integers(0, 5),
         lr=st.sampled_from((1.0, 0.25, 0.1, 0.03)),
         seed=st.integers(0, 2**32 - 1),
+        scale=st.just(1.0),  # normal-range inputs: a backend may flush subnormals to zero
     )
 
 
@@ -290,13 +356,22 @@ def check_eq01_closed_form(backend: Backend) -> Passed:
     hypothesis (k in 1..6, α in [0, 1], one to three shapes of rank 0 to 3,
     the dtype, 0 to 6 syncs, the learning rate), derandomized.
 
-    Tolerance after t syncs: `EQ01_EPS_PER_SYNC` · (t + 1) eps, relative to
-    the largest |φ₀| or |θ_{j,k}| of that parameter. Why 4: a sync rounds
+    Tolerance after t syncs: (t + 1)·(`EQ01_EPS_PER_SYNC`·eps·M +
+    `EQ01_SUBNORMALS_PER_SYNC`·σ), with M the largest |φ₀| or |θ_{j,k}| of
+    that parameter and σ the dtype's smallest subnormal. Why 4: a sync rounds
     three times (θ − φ, the product by α or 1 − α, the sum), each by at most
     eps/2 of a value at most twice that magnitude, which is at most 2.5 eps
     per sync, and an earlier sync's error only shrinks (by 1 − α) after it;
     rebuilding θ_{j,k} (the inner step's rounding) adds at most 2 eps in all,
-    and the float64 oracle about one eps of float64 per term.
+    and the float64 oracle about one eps of float64 per term. Why one σ: below
+    the smallest normal the grid is σ apart, so a rounding is off by up to
+    σ/2 whatever eps says; a sum or difference that lands there is exact, a
+    product is not; a sync takes at most two products (αθ and (1 − α)φ), so
+    at most σ per sync, and the inner step's product adds at most σ/2 in all.
+    The floor matters only when a whole parameter is a few subnormal steps
+    wide: φ₀ and θ one step apart with α = 0.5 put φ₁ half a step from the
+    grid, 4·10⁶ eps relative in float32. The cases here are normal-range;
+    `check_eq01_cases` runs others, such as subnormal ones.
     """
     from hypothesis import HealthCheck, Verbosity, example, given, settings
 
@@ -317,6 +392,19 @@ def check_eq01_closed_form(backend: Backend) -> Passed:
         verbosity=Verbosity.quiet,
     )(test)
     test()
+    return Passed(worst.value)
+
+
+def check_eq01_cases(backend: Backend, cases: Sequence[Eq01Case]) -> Passed:
+    """`check_eq01_closed_form`'s comparison, with its tolerance, on the given cases.
+
+    For cases the check does not draw: subnormal inputs (``scale`` the
+    dtype's smallest subnormal), which a backend that flushes subnormals to
+    zero cannot pass. Raises `CheckFailure` at the first case off eq. 0.1.
+    """
+    worst = _Worst()
+    for case in cases:
+        _run_eq01_case(backend, case, worst)
     return Passed(worst.value)
 
 
