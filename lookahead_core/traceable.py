@@ -108,6 +108,11 @@ def lookahead(
     Returns:
         A `lookahead_core.Lookahead` whose ``init``, ``step`` and ``sync``
             use a `TraceableLookaheadState`. ``sync`` is unconditional.
+            ``step`` refuses an inner state of another optimizer
+            (`lookahead_core.check_inner_state`, also while tracing) and a
+            count outside ``[0, k)`` held as a Python int or a NumPy array;
+            a traced count has no value yet and one on an accelerator would
+            cost a device synchronization per step, so those are not read.
     """
     check_inner(inner)
     k = check_k(k)
