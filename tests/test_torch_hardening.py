@@ -136,7 +136,7 @@ def test_a_checkpoint_from_before_a_key_was_added_loads_when_the_class_defaults_
     (lambda sd: sd["param_groups"][0].update(lr="0.1"), TypeError, r"\['lr'\] must be a number"),
     (lambda sd: sd["param_groups"][0].pop("momentum"), ValueError, r"missing \['momentum'\]"),
     (lambda sd: sd["param_groups"][0].update(nesterov="yes"), TypeError, r"\['nesterov'\] must be a bool"),
-    (lambda sd: sd["state"][0]["momentum_buffer"].fill_(float("nan")), ValueError, "inf or NaN"),
+    (lambda sd: sd["state"][0].update(momentum_buffer="x"), TypeError, r"\['momentum_buffer'\] must be a torch.Tensor"),
 ])
 def test_sgd_group_and_state_values_that_break_the_next_step_are_refused(edit, error, match):
     _, opt = _sgd()
@@ -149,7 +149,7 @@ def test_sgd_group_and_state_values_that_break_the_next_step_are_refused(edit, e
     (lambda sd: sd["state"][0].update(step=torch.tensor(-1.0)), ValueError, "finite number >= 0, got -1.0"),
     (lambda sd: sd["state"][0].update(step=torch.tensor(float("inf"))), ValueError, "finite number >= 0"),
     (lambda sd: sd["state"][0]["exp_avg_sq"].__setitem__(0, -1.0), ValueError, "negative values"),
-    (lambda sd: sd["state"][0]["exp_avg"].__setitem__(1, float("inf")), ValueError, "inf or NaN"),
+    (lambda sd: sd["state"][0].pop("exp_avg_sq"), ValueError, r"missing \['exp_avg_sq'\]"),
     (lambda sd: sd["param_groups"][0].update(betas=(0.9,)), TypeError, r"\['betas'\] must be a sequence of 2"),
 ])
 def test_adam_values_that_break_the_next_step_are_refused(edit, error, match):
@@ -264,3 +264,16 @@ def test_the_step_rehearsal_fires_no_global_step_hook():
     finally:
         handle.remove()
     assert calls == []
+
+
+def test_non_finite_moments_load_as_they_are_and_rollback_then_recovers():
+    """A checkpoint is a faithful copy of a run, also of one that blew up; rollback undoes it."""
+    w, opt = _adam(steps=1, nonfinite="rollback")
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["exp_avg"][1] = float("inf")
+    opt.load_state_dict(sd)
+    assert torch.isinf(opt.state[w]["exp_avg"][1])
+    for _ in range(3):  # count 1 -> the sync at the fourth step rolls back
+        w.grad = torch.ones(3)
+        opt.step()
+    assert opt.rollbacks == 1 and bool(torch.isfinite(w).all())

@@ -15,7 +15,7 @@ the inner part first:
   and raises on values it cannot convert; every key a live group has must
   then be there, with a value of the same kind;
 - the values of the state that would break the next step: a negative or
-  non-finite ``step``, a non-finite momentum or moment, a negative second moment.
+  non-finite ``step``, a negative second moment.
 
 `load_all_or_nothing` is the backstop: if the inner load raises anyway, the
 inner optimizer's ``state`` and ``param_groups`` are put back.
@@ -75,8 +75,8 @@ def check_state_value(where: str, key: str, value: Any) -> None:
     """A value of the inner state that the next step could not survive is refused.
 
     ``step`` (a number or a one-element tensor) must be finite and >= 0; the
-    momentum and moment tensors of SGD and Adam/AdamW must be finite, the
-    second moments also >= 0 (Adam divides by their square root).
+    second moments of Adam/AdamW must be >= 0 (Adam takes their square root).
+    Non-finite moments load as they are (a faithful copy of a run that blew up).
     """
     if key == "step":
         number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
@@ -91,8 +91,8 @@ def check_state_value(where: str, key: str, value: Any) -> None:
     local = _distributed.local(value)
     if local.numel() == 0 or not (local.is_floating_point() or local.is_complex()):
         return
-    if not bool(torch.isfinite(local).all()):
-        raise ValueError(f"{where}[{key!r}] holds inf or NaN; the next step would spread it")
+    # inf/NaN load as they are: a checkpoint is a faithful copy of a run, also of one
+    # that blew up (under nonfinite='rollback' the next sync rolls it back).
     if key in _SECOND_MOMENTS and bool((local < 0).any()):
         raise ValueError(
             f"{where}[{key!r}] holds negative values; a second moment is >= 0 (Adam takes its "
