@@ -211,16 +211,92 @@ def lerp(start: Array, end: Array, weight: float) -> Array:
 
         start + w (end - start)          if w < 0.5
         end - (1 - w) (end - start)      otherwise
+
+    It cannot overflow where ``start`` and ``end`` are finite: where
+    ``end - start`` would (both near the largest value of the dtype, with
+    opposite signs), the same formula runs on the halves and is doubled, which
+    at that magnitude is exact: the formula's own result, finite, between the
+    two. Everywhere else the result is the formula's, bit for bit.
     """
     return _lerp(array_api_compat.array_namespace(start, end), start, end, weight)
 
 
 def _lerp(xp: Any, start: Array, end: Array, weight: float) -> Array:
-    """`lerp` with the namespace already known (it runs per parameter per step)."""
+    """`lerp` with the namespace already known (it runs per parameter per sync)."""
+    if _is_numpy_backed(xp):
+        return _lerp_numpy(xp, start, end, weight)
+    result = _lerp_formula(xp, start, end, weight)
+    if _known_all_finite(xp, result):
+        return result
+    return _repair_overflow(xp, start, end, weight)
+
+
+def _lerp_formula(xp: Any, start: Array, end: Array, weight: float) -> Array:
+    """The two-sided formula as it stands, which overflows where ``end - start`` does.
+
+    Adam's first moment uses it directly, as ``torch.optim.Adam`` does: a
+    gradient that large has already made the second moment inf.
+    """
     diff = end - start
     if weight < 0.5:
         return xp.asarray(start + weight * diff)
     return xp.asarray(end - (1.0 - weight) * diff)
+
+
+def _is_numpy_backed(xp: Any) -> bool:
+    """NumPy or array-api-strict (NumPy underneath): both follow ``numpy.errstate``."""
+    return (array_api_compat.is_numpy_namespace(xp)
+            or array_api_compat.is_array_api_strict_namespace(xp))
+
+
+def _lerp_numpy(xp: Any, start: Array, end: Array, weight: float) -> Array:
+    """`_lerp` on NumPy, where the check is free.
+
+    NumPy reads the processor's floating-point flags after every operation
+    anyway; with ``over="raise"`` an overflow of ``end - start`` (the only
+    operation of the formula that can overflow when both are finite) raises
+    instead of warning. No extra pass, and no warning for an overflow that is
+    repaired.
+    """
+    import numpy as np  # loaded already: the arrays are NumPy's
+
+    try:
+        with np.errstate(over="raise"):
+            return _lerp_formula(xp, start, end, weight)
+    except FloatingPointError:
+        with np.errstate(over="ignore"):
+            return _repair_overflow(xp, start, end, weight)
+
+
+def _known_all_finite(xp: Any, x: Array) -> bool:
+    """Whether every element of ``x`` is finite; ``False`` when a tracing compiler
+    (``jax.jit``) holds the values, so that the repair is applied branch-free."""
+    try:
+        return bool(xp.all(xp.isfinite(x)))
+    except TypeError:  # jax's TracerBoolConversionError is a TypeError
+        return False
+
+
+def _repair_overflow(xp: Any, start: Array, end: Array, weight: float) -> Array:
+    """`_lerp_formula`, except where ``end - start`` overflows with both finite.
+
+    There the formula runs on ``start / 2`` and ``end / 2`` and the result is
+    doubled: both values are at least half an ulp of the largest finite value
+    of the dtype, so halving and doubling are exact and every step rounds as in
+    the formula itself; the result lies between the two and is finite.
+    Elsewhere the formula runs on the inputs as they are, bit for bit. Each
+    half of the computation sees zeros in place of the other half's elements,
+    so it raises no inf or NaN of its own.
+    """
+    overflowed = ~xp.isfinite(end - start) & xp.isfinite(start) & xp.isfinite(end)
+    zero = xp.zeros_like(start)
+    result = _lerp_formula(
+        xp, xp.where(overflowed, zero, start), xp.where(overflowed, zero, end), weight
+    )
+    rescaled = _lerp_formula(
+        xp, xp.where(overflowed, start, zero) * 0.5, xp.where(overflowed, end, zero) * 0.5, weight
+    )
+    return xp.where(overflowed, rescaled * 2.0, result)
 
 
 def _check_step_inputs(grads: Sequence[Array], params: Sequence[Array]) -> Any:
@@ -398,7 +474,7 @@ def _adam_family(
                     lr, beta1, beta2, xp.astype(step, p.dtype), xp.sqrt)
             if weight_decay != 0.0 and not decoupled:
                 g = g + weight_decay * p
-            m = _lerp(xp, state.exp_avg[i], g, 1.0 - beta1)
+            m = _lerp_formula(xp, state.exp_avg[i], g, 1.0 - beta1)
             v = xp.asarray(beta2 * state.exp_avg_sq[i] + (1.0 - beta2) * g * g)
             ms.append(m)
             vs.append(v)
