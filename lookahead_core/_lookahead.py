@@ -265,7 +265,10 @@ def lookahead(
         plan = plan_step(state.count, k, alpha_mode)
         step_alpha = alpha
         if plan.estimate:
-            # grads = ∇L(θ_{t,k}): α* of eq. 0.3 from gradients only.
+            # grads = ∇L(θ_{t,k}): α* of eq. 0.3 from gradients only. Checked here as
+            # the caller named them (the estimate's own checks say "end_grads").
+            check_arrays("grads", grads)
+            check_matching("grads", grads, "params", params)
             numerator, denominator = secant_alpha_terms(
                 state.slow, params, state.start_grads, grads
             )

@@ -270,6 +270,9 @@ class InPlaceLookahead:
         inner products allocate temporaries (this mode is opt-in; the fixed-α
         sync allocates nothing).
         """
+        # Checked as the caller named them (the estimate's own checks say "end_grads").
+        lc.check_arrays("grads", grads)
+        lc.check_matching("grads", grads, "params", self._params)
         numerator, denominator = lc.secant_alpha_terms(
             self._slow, self._fast, self._start_grads, grads
         )
