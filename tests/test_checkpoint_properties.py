@@ -13,18 +13,17 @@ or another optimizer's whole dict. Each corrupted dict must give
   and every weight stays finite.
 
 With ``LOOKAHEAD_PROPERTY_RESULTS=file.json`` the tally of what each adapter
-did is written there at the end; the Guarantees page quotes it.
+did is merged into that file at the end (`property_tally`); the Guarantees
+page quotes it. The CuPy case needs a CUDA device and is skipped without one.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,13 +32,15 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from property_tally import merge_tally  # noqa: E402
 
 import lookahead_core as lc  # noqa: E402
+import lookahead_cupy  # noqa: E402
 from lookahead_numpy import Lookahead as NumpyLookahead  # noqa: E402
 
 EXAMPLES = int(os.environ.get("LOOKAHEAD_PROPERTY_EXAMPLES", "150"))
 TALLY: dict[str, Counter] = {}
-RESULTS = os.environ.get("LOOKAHEAD_PROPERTY_RESULTS")  # a JSON file for the tally, if set
+GPU_REASON = lookahead_cupy.skip_reason()
 
 
 # --- the adapters under test ------------------------------------------------------------------
@@ -76,6 +77,37 @@ class NumpyCase:
 
     def weights(self) -> list[Any]:
         return [p.copy() for p in self.params] + [np.array(s) for s in self.opt.slow]
+
+
+class CupyCase(NumpyCase):
+    """lookahead_cupy around the core's Adam (two parameters), mid-cycle; needs a CUDA device."""
+
+    name = "cupy"
+
+    def __init__(self) -> None:
+        import cupy
+
+        self.cupy = cupy
+        rng = np.random.default_rng(0)
+        self.params = [cupy.asarray(rng.standard_normal((3, 2))), cupy.asarray(rng.standard_normal(4))]
+        self.opt = lookahead_cupy.Lookahead(self.params, lc.adam(lr=0.01), k=3, alpha=0.5)
+        self.train(4, seed=1)
+
+    def train(self, steps: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            self.opt.step([self.cupy.asarray(rng.standard_normal(p.shape)) for p in self.params])
+
+    def snapshot(self) -> Any:
+        return {"params": [self.cupy.asnumpy(p) for p in self.params],
+                "sd": copy.deepcopy(self.opt.state_dict())}
+
+    def foreign(self) -> dict[str, Any]:
+        params = [self.cupy.zeros((3, 2)), self.cupy.zeros(4)]
+        return lookahead_cupy.Lookahead(params, lc.sgd(lr=0.1, momentum=0.9), k=3).state_dict()
+
+    def weights(self) -> list[Any]:
+        return [self.cupy.asnumpy(p) for p in self.params] + [self.cupy.asnumpy(s) for s in self.opt.slow]
 
 
 class TorchCase:
@@ -139,9 +171,14 @@ def _torch_available() -> bool:
     return True
 
 
-CASES: dict[str, Callable[[], Any]] = {"numpy": NumpyCase}
-if _torch_available():
-    CASES["torch"] = TorchCase
+CASES: dict[str, Callable[[], Any]] = {"numpy": NumpyCase, "cupy": CupyCase, "torch": TorchCase}
+ADAPTERS = [
+    pytest.param("numpy"),
+    pytest.param("cupy", marks=pytest.mark.skipif(
+        GPU_REASON is not None, reason=GPU_REASON or "a CUDA device is present")),
+    pytest.param("torch", marks=pytest.mark.skipif(
+        not _torch_available(), reason="torch not installed")),
+]
 
 
 # --- corruptions --------------------------------------------------------------------------------
@@ -258,7 +295,7 @@ def _equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("adapter", list(CASES))
+@pytest.mark.parametrize("adapter", ADAPTERS)
 def test_a_corrupted_checkpoint_is_refused_cleanly_or_loads_whole(adapter):
     case = CASES[adapter]()
     good = case.state_dict()
@@ -292,5 +329,4 @@ def test_a_corrupted_checkpoint_is_refused_cleanly_or_loads_whole(adapter):
 
 
 def teardown_module() -> None:
-    if TALLY and RESULTS:
-        Path(RESULTS).write_text(json.dumps({name: dict(counts) for name, counts in TALLY.items()}, indent=1))
+    merge_tally("corrupted checkpoints", TALLY)
