@@ -51,10 +51,18 @@ from ._lookahead import (
     secant_products,
     sync_slow,
 )
-from ._validation import check_alpha, check_arrays, check_k, check_matching
+from ._validation import (
+    NONFINITE_MODES,
+    check_alpha,
+    check_arrays,
+    check_k,
+    check_matching,
+    check_nonfinite,
+)
 
 __all__ = [
     "ALPHA_MODES",
+    "NONFINITE_MODES",
     "AdamState",
     "AdaptiveLookaheadState",
     "InnerOptimizer",
@@ -73,6 +81,7 @@ __all__ = [
     "check_k",
     "check_last_alpha",
     "check_matching",
+    "check_nonfinite",
     "completes_cycle",
     "count_limit",
     "ema_closed_form",

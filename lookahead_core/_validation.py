@@ -15,13 +15,38 @@ from typing import Any
 import array_api_compat
 
 __all__ = [
+    "NONFINITE_MODES",
     "check_alpha",
     "check_arrays",
     "check_k",
     "check_matching",
+    "check_nonfinite",
     "check_nonnegative",
     "check_unit_interval",
 ]
+
+
+NONFINITE_MODES = (None, "rollback")
+"""The adapters' ``nonfinite`` option: ``None`` (the paper, no check) or ``"rollback"``.
+
+With ``"rollback"``, a sync that finds inf or NaN in a group's fast weights or
+inner state sets θ ← φ instead, restarts the inner state and counts it. The
+pure core has no such option (it returns whatever the arithmetic gives); every
+in-place adapter checks the option with `check_nonfinite`, so they accept and
+reject the same values.
+"""
+
+
+def check_nonfinite(nonfinite: Any) -> str | None:
+    """Return ``nonfinite`` if it is ``None`` or ``"rollback"`` (see `NONFINITE_MODES`)."""
+    if nonfinite is not None and not isinstance(nonfinite, str):
+        raise TypeError(
+            f"nonfinite must be None or 'rollback', got {nonfinite!r} of type "
+            f"{type(nonfinite).__name__}"
+        )
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"nonfinite must be None or 'rollback', got {nonfinite!r}")
+    return nonfinite
 
 
 def check_k(k: Any) -> int:

@@ -9,23 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lookahead_core import NONFINITE_MODES, check_nonfinite  # the option, as every adapter checks it
+
 __all__ = ["NONFINITE_MODES", "all_finite", "check_nonfinite"]
-
-NONFINITE_MODES = (None, "rollback")
-"""``None``: the paper, no check. ``"rollback"``: at a sync, θ ← φ if anything is inf or NaN."""
-
-
-def check_nonfinite(nonfinite: Any) -> str | None:
-    """``nonfinite`` is ``None`` (the paper: no check) or ``"rollback"`` (as in PyTorch's adapter)."""
-    if nonfinite is not None and not isinstance(nonfinite, str):
-        raise TypeError(
-            f"nonfinite must be None or 'rollback', got {nonfinite!r} of type "
-            f"{type(nonfinite).__name__}"
-        )
-    if nonfinite not in NONFINITE_MODES:
-        raise ValueError(f"nonfinite must be None or 'rollback', got {nonfinite!r}")
-    return nonfinite
-
 
 def all_finite(xp: Any, arrays: Sequence[Any]) -> bool:
     """Whether every element of every array is finite, with no parameter-sized temporary.

@@ -30,7 +30,8 @@ __all__ = [
     "renamed",
 ]
 
-NONFINITE_MODES = (None, "rollback")
+NONFINITE_MODES = lc.NONFINITE_MODES
+check_nonfinite = lc.check_nonfinite
 
 T = TypeVar("T")
 
@@ -104,18 +105,6 @@ def check_pullback(pullback: Any) -> str:
             f"pullback must be one of {', '.join(map(repr, PULLBACK_MODES))}, got {pullback!r}"
         )
     return pullback
-
-
-def check_nonfinite(nonfinite: Any) -> str | None:
-    """``nonfinite`` is ``None`` (the paper: no check) or ``"rollback"``."""
-    if nonfinite is not None and not isinstance(nonfinite, str):
-        raise TypeError(
-            f"nonfinite must be None or 'rollback', got {nonfinite!r} of type "
-            f"{type(nonfinite).__name__}"
-        )
-    if nonfinite not in NONFINITE_MODES:
-        raise ValueError(f"nonfinite must be None or 'rollback', got {nonfinite!r}")
-    return nonfinite
 
 
 def check_slow_dtype(slow_dtype: Any) -> torch.dtype | None:
