@@ -136,6 +136,8 @@ def check_state(params: Sequence[Array], state: Any, state_type: type, hint: str
         raise TypeError(
             f"state must be {article} {state_type.__name__}{hint}, got {type(state).__name__}"
         )
+    # The slow weights first: check_matching trusts its reference arrays.
+    check_arrays("state.slow", state.slow)
     check_matching("params", params, "state.slow", state.slow)
 
 

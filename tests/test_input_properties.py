@@ -666,5 +666,16 @@ def test_the_estimate_call_of_adaptive_mode_names_grads(adapter):
             run.step(bad)
 
 
+def test_a_core_state_holding_a_non_array_is_refused_naming_it():
+    # Found by the Guarantees table's cases: slow weights that are not arrays reached
+    # array-api-compat, whose TypeError named no argument.
+    run = CoreRun(CoreHarness().params())
+    state = run.state
+    for slow in ([[1.0, 2.0]] + list(state.slow[1:]), [None] + list(state.slow[1:]), "slow"):
+        run.state = state._replace(slow=slow)
+        with pytest.raises(TypeError, match=r"^state\.slow"):
+            run.step([np.ones(p.shape, dtype=p.dtype) for p in run.params])
+
+
 def teardown_module() -> None:
     merge_tally("bad inputs", TALLY)
