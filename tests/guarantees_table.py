@@ -80,7 +80,6 @@ class Subject:
 
     adapter: str
     rollback = True  # has nonfinite="rollback"
-    checkpoint = True  # has state_dict/load_state_dict
 
     def __init__(self, nonfinite: str | None = None, dtype: Any = np.float64) -> None:
         self.dtype = dtype
@@ -111,7 +110,6 @@ class Subject:
 class CoreSubject(Subject):
     adapter = "core"
     rollback = "nonfinite" in inspect.signature(lc.lookahead).parameters  # False: no such option
-    checkpoint = False
 
     def build(self, nonfinite: str | None) -> None:
         assert nonfinite is None
@@ -139,7 +137,7 @@ class CoreSubject(Subject):
 
 
 class InPlaceSubject(Subject):
-    """The NumPy adapter; the CuPy one with ``library = "cupy"``."""
+    """The NumPy adapter (`CupySubject`: the CuPy one, another `lib` and class)."""
 
     adapter = "numpy"
 
@@ -337,7 +335,8 @@ class TorchSubject(Subject):
         return {
             "missing": [("lookahead_slow", edited(state, "lookahead_slow", _DROP)),
                         ("lookahead_count", edited(group, "lookahead_count", _DROP)),
-                        ("lr", edited(group, "lr", _DROP)), ("state", edited(lambda s: s, "state", _DROP))],
+                        ("lr", edited(group, "lr", _DROP)),
+                        ("state", edited(lambda s: s, "state", _DROP))],
             "type": [("lookahead_slow", edited(state, "lookahead_slow", "x")),
                      ("lr", edited(group, "lr", "x")),
                      ("lookahead_count", edited(group, "lookahead_count", "1"))],
@@ -369,6 +368,10 @@ class TorchSubject(Subject):
             where(copied)["bogus"] = 1
             if resumes_like(type(self), copied, sd) != "resumes":
                 return "an extra key in a group or entry: " + resumes_like(type(self), copied, sd)
+            loaded = type(self)(dtype=self.dtype)
+            loaded.load(copied)
+            if "bogus" not in where(loaded.opt.state_dict()):
+                return "an extra key in a group or entry: dropped"
         return TORCH_EXTRA
 
     def poison_slow(self, sd: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Hypothesis draws bad inputs of three kinds and hands them to the core
 (`lookahead_core.lookahead`) and to the NumPy, CuPy and PyTorch adapters:
 
 - a bad constructor argument: ``k``, ``alpha``, ``alpha_mode``,
-  ``alpha_min``, ``nonfinite`` and each adapter's own options (``pullback``,
+  ``alpha_min``, the adapters' ``nonfinite`` and their own options (``pullback``,
   ``reset_inner_state`` and ``slow_dtype`` of the PyTorch adapter,
   ``block_bytes`` of the NumPy one, ``kernel`` of the CuPy one), of a wrong
   type (a string, ``None``, a bool, a list, a complex number, a NumPy or torch
@@ -131,7 +131,8 @@ COMMON_ARGUMENTS: dict[str, Callable[[], st.SearchStrategy]] = {
     "alpha_min": bad_unit,
     "alpha_mode": lambda: bad_choice(lc.ALPHA_MODES, [None, "FIXED", " fixed", "Adaptive"]),
 }
-NONFINITE = lambda: bad_choice(("rollback",), [False, 0, "none", "None", "Rollback", "skip"])  # noqa: E731
+def bad_nonfinite() -> st.SearchStrategy:
+    return bad_choice(("rollback",), [False, 0, "none", "None", "Rollback", "skip"])
 
 
 @st.composite
@@ -164,8 +165,7 @@ class CoreHarness:
         return [self.array(rng.standard_normal(shape).astype(dtype)) for shape, dtype in SPECS]
 
     def construct(self, params: Any, **arguments: Any) -> Any:
-        run = CoreRun(params, **arguments)
-        return run
+        return CoreRun(params, **arguments)
 
     def trained(self, steps: int, alpha_mode: str, nonfinite: str | None) -> Any:
         run = CoreRun(self.params(), alpha_mode=alpha_mode)
@@ -202,7 +202,7 @@ class NumpyHarness:
     """`lookahead_numpy.Lookahead` around the core's Adam."""
 
     name = "numpy"
-    arguments = {**COMMON_ARGUMENTS, "nonfinite": NONFINITE,
+    arguments = {**COMMON_ARGUMENTS, "nonfinite": bad_nonfinite,
                  "block_bytes": lambda: st.one_of(st.integers(max_value=0), st.floats(),
                                                   st.sampled_from([True, "1", None, np.float64(4)]))}
     in_place = True
@@ -236,7 +236,7 @@ class CupyHarness(NumpyHarness):
     """`lookahead_cupy.Lookahead` around the core's Adam (needs a CUDA device)."""
 
     name = "cupy"
-    arguments = {**COMMON_ARGUMENTS, "nonfinite": NONFINITE,
+    arguments = {**COMMON_ARGUMENTS, "nonfinite": bad_nonfinite,
                  "kernel": lambda: bad_choice(("auto", "elementwise", "multi_tensor"), [None])}
     read_only_possible = False
     masked_possible = False
@@ -291,7 +291,7 @@ class TorchHarness:
         from lookahead_torch._momentum import PULLBACK_MODES
 
         return {
-            **COMMON_ARGUMENTS, "nonfinite": NONFINITE,
+            **COMMON_ARGUMENTS, "nonfinite": bad_nonfinite,
             "pullback": lambda: bad_choice(PULLBACK_MODES, [None, "None", "momentum"]),
             "reset_inner_state": lambda: st.sampled_from(
                 [1, 0, "yes", None, np.bool_(True), torch.tensor(True)]),
@@ -490,7 +490,8 @@ def bad_added_groups(draw: Any, params: list[Any]) -> tuple[str, str, Any]:
     alpha = draw(bad_unit())
     kinds = {
         "not a dict": ("param_group", lambda: [torch.nn.Parameter(torch.zeros(3))]),
-        "a view of a parameter": ("params", lambda: {"params": [torch.nn.Parameter(params[0].data[1:])]}),
+        "a view of a parameter": (
+            "params", lambda: {"params": [torch.nn.Parameter(params[0].data[1:])]}),
         "a parameter already there": ("parameter", lambda: {"params": [params[1]]}),
         "an int64 tensor": ("params", lambda: {"params": [torch.zeros(3, dtype=torch.int64)]}),
         "a bad lookahead_k": ("lookahead_k", lambda: {"params": [torch.zeros(3)], "lookahead_k": k}),
