@@ -190,6 +190,12 @@ def test_overlapping_parameters_are_refused():
         opt.step()
 
 
+def test_a_parameter_that_overlaps_itself_is_refused():
+    p = torch.zeros(1).expand(3)  # a leaf with stride 0
+    with pytest.raises(ValueError, match=r"\[0\]\['params'\]\[0\] overlaps itself"):
+        Lookahead(torch.optim.SGD([p], lr=0.1), k=2)
+
+
 def test_disjoint_views_of_one_tensor_are_accepted_and_sync_independently():
     base = torch.zeros(6)
     a, b = torch.nn.Parameter(base[:2]), torch.nn.Parameter(base[2:])

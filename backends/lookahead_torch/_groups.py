@@ -144,6 +144,12 @@ def check_no_overlap(named: Sequence[tuple[str, torch.Tensor]]) -> None:
         local = _distributed.local(param)
         if local.numel() == 0 or local.device.type == "meta":
             continue
+        if torch._debug_has_internal_overlap(local) == 1:  # 1: yes (0: no, 2: too hard to tell)
+            raise ValueError(
+                f"{where} overlaps itself (a stride of 0, as expand() makes): torch cannot "
+                "write to it in place; pass a tensor whose elements have their own memory "
+                "(e.g. .clone())"
+            )
         first, end = _byte_extent(local)
         extents.append((str(local.device), first, end, where))
     extents.sort()
