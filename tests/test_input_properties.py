@@ -472,6 +472,7 @@ def bad_torch_groups(draw: Any) -> tuple[str, str, Callable[[], Any]]:
         "overlapping views in two groups": ("params", lambda: (lambda b: [
             {"params": [torch.nn.Parameter(b[:4])]}, {"params": [torch.nn.Parameter(b[2:])]}])(
             torch.zeros(6))),
+        "a self-overlapping view": ("params", one(lambda: torch.zeros(1).expand(3))),
     }
     k = draw(bad_k())
     alpha = draw(bad_unit())
