@@ -127,8 +127,9 @@ class Lookahead(InPlaceLookahead):
     def _lerp_and_reset(self, alpha: float) -> None:
         # Blockwise through the preallocated scratch: allocates no array memory.
         # Looked up on the module at each call, so a test can count the kernel's calls.
-        for pair in self._pairs:
-            blocks.lerp_and_reset(pair, alpha)
+        with blocks.overflow_checked():  # the floating-point mode once, not per parameter
+            for pair in self._pairs:
+                blocks.lerp_and_reset(pair, alpha)
 
     def _swap(self) -> None:
         for pair in self._pairs:

@@ -7,10 +7,21 @@ tests and benchmarks can run one kernel alone; the adapter's API is
 The sync reads θ and φ once and writes both; done array-at-a-time with NumPy
 expressions it would allocate a temporary as large as the parameter for
 ``θ − φ``. Here every parameter is cut into blocks of a few hundred KiB and
-``θ − φ`` is held in place, in the block of θ or of φ that the formula no
-longer needs (dense parameters), or goes through a scratch buffer allocated
-once at construction (the others), so a sync allocates no array memory and
-each block stays in cache between the operations that touch it.
+``θ − φ`` goes through a scratch block allocated once at construction, so a
+sync allocates no array memory and each block stays in cache between the
+operations that touch it.
+
+Overflow. ``θ − φ`` is the one operation of the sync that can overflow when θ
+and φ are finite (both near the largest value of the dtype, opposite signs),
+though the interpolated value lies between them. The sync runs under
+``numpy.errstate(over="raise")``: NumPy reads the processor's overflow flag
+after every operation anyway, so a block whose difference overflowed raises
+right after the subtraction, while θ and φ are still intact (the difference
+went to the scratch, not over either of them), and only that block is
+repaired, as `lookahead_core.lerp` does. The check itself is free; the
+scratch block is what it costs (the difference used to be written over a
+block of θ or φ, which loses an input before the overflow can be seen; see
+the Performance page).
 
 Layout. Each slow buffer is allocated C-contiguous *in the parameter's memory
 order* (axes sorted by decreasing stride, `lookahead_inplace.memory_order`),
@@ -27,6 +38,7 @@ non-contiguous n-d operand allocates an iterator buffer (64 KiB),
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -40,6 +52,7 @@ __all__ = [
     "lerp_and_reset",
     "lerp_and_reset_scratch",
     "make_pairs",
+    "overflow_checked",
     "swap",
 ]
 
@@ -138,23 +151,59 @@ def lerp_and_reset(pair: BlockPair, alpha: float) -> None:
 
     The operations and their order are those of `lookahead_core.lerp`
     (``diff = θ − φ``; ``φ + α·diff`` if α < 0.5 else ``θ − (1 − α)·diff``), so
-    the result is bit-identical to `lookahead_core.sync_slow`.
+    the result is bit-identical to `lookahead_core.sync_slow`, including
+    where ``θ − φ`` overflows (see the module's docstring).
     ``alpha`` must be a validated Python float: a NumPy scalar could change the
     computation dtype.
     """
-    if pair.fast.flags.c_contiguous:
-        _lerp_and_reset_dense(pair.fast, pair.slow, pair.block, alpha)
+    sync = _lerp_and_reset_dense if pair.fast.flags.c_contiguous else _lerp_and_reset_blocks
+    if _MODE.checked:
+        sync(pair, alpha)
     else:
-        lerp_and_reset_scratch(pair, alpha)
+        with _overflow_raises():
+            sync(pair, alpha)
 
 
 def lerp_and_reset_scratch(pair: BlockPair, alpha: float) -> None:
-    """`lerp_and_reset` through the scratch buffer: any pair, dense or strided.
+    """`lerp_and_reset` through `_blocks`: any pair, dense or strided.
 
-    ``θ − φ`` goes to ``pair.scratch``; a θ block that is not contiguous is
-    first copied to ``pair.fast_copy``. The path of strided parameters, and the
-    reference the dense path is measured and tested against.
+    A θ block that is not contiguous is first copied to ``pair.fast_copy``.
+    The path of strided parameters, and the reference the dense path is tested
+    against.
     """
+    with _overflow_raises():
+        _lerp_and_reset_blocks(pair, alpha)
+
+
+class _Mode(threading.local):
+    checked = False  # inside `overflow_checked` on this thread
+
+
+_MODE = _Mode()
+
+
+class overflow_checked:  # noqa: N801 - used like numpy.errstate
+    """Context: the floating-point mode of the sync, entered once for many parameters.
+
+    `lerp_and_reset` enters it on its own; ``numpy.errstate`` costs about
+    1.5 µs, a tenth of the sync of a small parameter, so an adapter that syncs
+    many parameters enters it once around all of them.
+    """
+
+    def __enter__(self) -> None:
+        self._outer = _MODE.checked
+        if not self._outer:
+            self._errstate = _overflow_raises()
+            self._errstate.__enter__()
+            _MODE.checked = True
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._outer:
+            _MODE.checked = False
+            self._errstate.__exit__(*exc)
+
+
+def _lerp_and_reset_blocks(pair: BlockPair, alpha: float) -> None:
     factor, low_weight = lerp_weights(alpha)
     for fast, slow in _blocks(pair.fast, pair.slow, pair.block):
         diff = pair.scratch[: fast.size].reshape(fast.shape)
@@ -162,43 +211,88 @@ def lerp_and_reset_scratch(pair: BlockPair, alpha: float) -> None:
         if pair.fast_copy is not None:
             theta = pair.fast_copy[: fast.size].reshape(fast.shape)
             np.copyto(theta, fast)
-        np.subtract(theta, slow, out=diff)
-        np.multiply(diff, factor, out=diff)
-        if low_weight:
-            np.add(slow, diff, out=slow)
-        else:
-            np.subtract(theta, diff, out=slow)
+        _lerp_block(theta, slow, diff, factor, low_weight)
         np.copyto(fast, slow)
 
 
-def _lerp_and_reset_dense(fast: np.ndarray, slow: np.ndarray, block: int, alpha: float) -> None:
-    """`lerp_and_reset` on flat, contiguous θ and φ, with ``θ − φ`` held in place.
-
-    Per block, ``diff = θ − φ`` is written over the block of the buffer the
-    formula no longer needs (θ when α < 0.5: ``φ + α·diff``; φ otherwise:
-    ``θ − (1 − α)·diff``), and θ gets φ's final value last. No scratch: a
-    block touches two buffers instead of three, and the sync went from 0.59 to
-    0.76 of the plain-copy bandwidth on 100M float32 (1.2 × faster than the
-    scratch kernel, side by side; see the Performance page). The arithmetic
-    is the same operations in the same order as the scratch path, so the
-    results are bit for bit the same (``tests/test_fastpaths.py``). Until a
-    block's four operations are done its θ (α < 0.5) or φ holds the
-    difference: like any in-place sync, an interrupted one leaves the pair
-    unusable.
-    """
+def _lerp_and_reset_dense(pair: BlockPair, alpha: float) -> None:
+    """`lerp_and_reset` on flat, contiguous θ and φ: blocks are plain slices."""
     factor, low_weight = lerp_weights(alpha)
+    fast, slow, block, scratch = pair.fast, pair.slow, pair.block, pair.scratch
     for start in range(0, fast.size, block):
         theta = fast[start : start + block]
         phi = slow[start : start + block]
-        if low_weight:
-            np.subtract(theta, phi, out=theta)
-            np.multiply(theta, factor, out=theta)
-            np.add(phi, theta, out=phi)
-        else:
-            np.subtract(theta, phi, out=phi)
-            np.multiply(phi, factor, out=phi)
-            np.subtract(theta, phi, out=phi)
+        _lerp_block(theta, phi, scratch[: theta.size], factor, low_weight)
         np.copyto(theta, phi)
+
+
+def _lerp_block(
+    theta: np.ndarray, phi: np.ndarray, diff: np.ndarray, factor: float, low_weight: bool
+) -> None:
+    """``φ ← lerp(φ, θ, α)`` on one block of contiguous operands; ``diff`` is scratch.
+
+    Called under `_overflow_raises` (`overflow_checked`): the subtraction raises
+    if ``θ − φ`` overflowed anywhere in the block, before φ is written.
+    """
+    try:
+        np.subtract(theta, phi, out=diff)
+    except FloatingPointError:
+        _lerp_block_repairing(theta, phi, factor, low_weight)
+        return
+    if not _FLAGS_WORK and not np.isfinite(np.add.reduce(diff, dtype=np.float64)):
+        # No overflow flag on this platform: the sum of a block with an inf or NaN
+        # is not finite (a false alarm only costs the repairing path).
+        _lerp_block_repairing(theta, phi, factor, low_weight)
+        return
+    np.multiply(diff, factor, out=diff)
+    if low_weight:
+        np.add(phi, diff, out=phi)
+    else:
+        np.subtract(theta, diff, out=phi)
+
+
+def _lerp_block_repairing(
+    theta: np.ndarray, phi: np.ndarray, factor: float, low_weight: bool
+) -> None:
+    """`_lerp_block` where ``θ − φ`` overflowed somewhere: the rare path, which allocates.
+
+    Where θ and φ are finite and their difference is not, the formula runs on
+    θ/2 and φ/2 and the result is doubled (exact at that magnitude, as in
+    `lookahead_core.lerp`); every other element gets the formula's own bits.
+    """
+    with np.errstate(over="ignore"):
+        overflowed = ~np.isfinite(theta - phi) & np.isfinite(theta) & np.isfinite(phi)
+        halves = 0.5 * theta[overflowed], 0.5 * phi[overflowed]
+        rescaled = 2.0 * _formula(*halves, factor, low_weight)
+        kept_theta = np.where(overflowed, 0, theta).astype(theta.dtype, copy=False)
+        kept_phi = np.where(overflowed, 0, phi).astype(phi.dtype, copy=False)
+        np.copyto(phi, _formula(kept_theta, kept_phi, factor, low_weight))
+        phi[overflowed] = rescaled
+
+
+def _formula(theta: np.ndarray, phi: np.ndarray, factor: float, low_weight: bool) -> np.ndarray:
+    """The block operations of `_lerp_block` as expressions (new arrays, same roundings)."""
+    diff = theta - phi
+    return phi + diff * factor if low_weight else theta - diff * factor
+
+
+def _overflow_raises() -> np.errstate:
+    """The sync's floating-point mode: an overflow raises (see the module's docstring)."""
+    return np.errstate(over="raise")
+
+
+def _overflow_flag_raises() -> bool:
+    """Whether NumPy sees the processor's overflow flag here (not on every platform)."""
+    big = np.full(64, np.finfo(np.float32).max, dtype=np.float32)
+    try:
+        with np.errstate(over="raise"):
+            np.subtract(big, -big)
+    except FloatingPointError:
+        return True
+    return False
+
+
+_FLAGS_WORK = _overflow_flag_raises()
 
 
 def swap(pair: BlockPair) -> None:
