@@ -33,6 +33,16 @@ fused multiply-add unless told ``--fmad=false``. Neither option alters an
 explicit PTX instruction. `reference_sync` is the same arithmetic in NumPy;
 the tests compare the kernels against it.
 
+Overflow. In float32 and float64, ``θ − φ`` overflows when both are finite,
+near the largest value, with opposite signs, though the interpolated value
+lies between them. Each thread holds both inputs in registers, so the repair
+costs nothing on the normal path: where the result is not finite while θ and
+φ are, the same operations run on θ/2 and φ/2 and the result is doubled
+(exact at that magnitude, as `lookahead_core.lerp` does). The finiteness tests
+read the exponent bits as integers (`repair_overflow`), so no floating-point
+instruction but the rounded ``sub``/``mul``/``add`` enters the kernels. float16
+is computed in float32, where its difference cannot overflow: no repair there.
+
 Kernel parameters use concrete types (``float32 weight``, ``float16 theta``),
 never CuPy type placeholders: a placeholder ``T`` would take its type from
 the arguments, and a Python float for α would then decide the precision.
@@ -66,6 +76,7 @@ __all__ = [
     "multi_tensor_functions",
     "multi_tensor_source",
     "reference_sync",
+    "repair_overflow",
     "storage_helpers",
     "swap_operation",
     "swap_params",
@@ -121,9 +132,17 @@ def reference_sync(theta: np.ndarray, phi: np.ndarray, alpha: float) -> np.ndarr
     weight = compute(factor)
     t = theta.astype(compute)
     p = phi.astype(compute)
-    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN propagate, as on the GPU
+
+    def lerp(t: np.ndarray, p: np.ndarray) -> np.ndarray:
         diff = t - p
-        result = p + weight * diff if low else t - weight * diff
+        return p + weight * diff if low else t - weight * diff
+
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN propagate, as on the GPU
+        result = lerp(t, p)
+        if dtype != "float16":  # the kernels' repair (see the module's docstring)
+            overflowed = ~np.isfinite(result) & np.isfinite(t) & np.isfinite(p)
+            half = compute(0.5)
+            result[overflowed] = compute(2) * lerp(half * t[overflowed], half * p[overflowed])
         return result.astype(dtype)
 
 
@@ -148,11 +167,52 @@ def sync_operation(dtype: str) -> str:
         f"const {c} t = static_cast<{c}>(theta);\n"
         f"const {c} p = static_cast<{c}>(phi);\n"
         f"const {c} diff = lookahead_sub(t, p);\n"
-        f"const {c} s = low_weight ? lookahead_add(p, lookahead_mul(weight, diff))\n"
-        f"                         : lookahead_sub(t, lookahead_mul(weight, diff));\n"
+        f"{c} s = low_weight ? lookahead_add(p, lookahead_mul(weight, diff))\n"
+        f"                   : lookahead_sub(t, lookahead_mul(weight, diff));\n"
+        f"{repair_overflow(dtype, 't', 'p', 's')}"
         f"phi = static_cast<{_ELEMENTWISE_CTYPES[dtype]}>(s);\n"
         "theta = phi;\n"
     )
+
+
+_EXPONENT_BITS = {"float32": ("unsigned int", "0x7f800000u"),
+                  "float64": ("unsigned long long", "0x7ff0000000000000ull")}
+
+
+def repair_overflow(dtype: str, t: str, p: str, s: str, indent: str = "") -> str:
+    """C++ statements that redo ``s`` (the lerp of ``p`` toward ``t``) where ``t − p`` overflowed.
+
+    ``s`` not finite while ``t`` and ``p`` are: ``s ← 2·lerp(p/2, t/2)``, the
+    same operations on the halves (exact scaling at that magnitude). Empty
+    for float16, computed in float32, where the difference cannot overflow.
+    Finiteness is read from the exponent bits as integers (a union, which g++
+    and NVRTC both accept), so the kernels keep their three rounded
+    floating-point instructions and no comparison of floats.
+    """
+    dtype = _check_dtype(dtype)
+    if dtype == "float16":
+        return ""
+    c = _CTYPES_OF_COMPUTE[COMPUTE_DTYPES[dtype]]
+    bits, exponent = _EXPONENT_BITS[dtype]
+    lines = [
+        "// t - p overflowed with both finite: the same operations on the halves, doubled.",
+        f"union {{ {c} value; {bits} bits; }} lookahead_t, lookahead_p, lookahead_s;",
+        f"lookahead_t.value = {t};",
+        f"lookahead_p.value = {p};",
+        f"lookahead_s.value = {s};",
+        f"if ((lookahead_s.bits & {exponent}) == {exponent}"
+        f" && (lookahead_t.bits & {exponent}) != {exponent}"
+        f" && (lookahead_p.bits & {exponent}) != {exponent}) {{",
+        f"    const {c} half_t = lookahead_mul({t}, static_cast<{c}>(0.5));",
+        f"    const {c} half_p = lookahead_mul({p}, static_cast<{c}>(0.5));",
+        f"    const {c} half_diff = lookahead_sub(half_t, half_p);",
+        f"    const {c} half_s = low_weight"
+        f" ? lookahead_add(half_p, lookahead_mul(weight, half_diff))",
+        f"        : lookahead_sub(half_t, lookahead_mul(weight, half_diff));",
+        f"    {s} = lookahead_mul(half_s, static_cast<{c}>(2));",
+        "}",
+    ]
+    return "".join(f"{indent}{line}\n" for line in lines)
 
 
 def swap_params(dtype: str) -> tuple[str, str]:
@@ -330,9 +390,10 @@ def multi_tensor_body(dtype: str) -> str:
         f"                const {c} t = lookahead_load(th[u]);\n"
         f"                const {c} p = lookahead_load(ph[u]);\n"
         f"                const {c} diff = lookahead_sub(t, p);\n"
-        f"                const {c} lerped = low_weight\n"
+        f"                {c} lerped = low_weight\n"
         f"                    ? lookahead_add(p, lookahead_mul(weight, diff))\n"
         f"                    : lookahead_sub(t, lookahead_mul(weight, diff));\n"
+        f"{repair_overflow(dtype, 't', 'p', 'lerped', indent=' ' * 16)}"
         f"                const {s} stored = lookahead_store(lerped);\n"
         "                phi[i] = stored;\n"
         "                theta[i] = stored;\n"
