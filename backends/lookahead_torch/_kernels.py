@@ -44,6 +44,26 @@ The mixed-dtype CPU path uses the same piece size for its batches (and its
 scratch holds one piece) instead of `scratch_elements` (bfloat16 parameters, float32 slow copy, 1 thread: 1.09 ×
 faster on ResNet-18 shapes, 1.32 × on 100M values). On CUDA one multi-tensor
 launch over whole tensors is already at the memory bandwidth: no blocking there.
+
+Overflow. ``θ − φ`` overflows when θ and φ are finite, near the largest value
+of the dtype the lerp computes in, with opposite signs (float32, float64, and
+bfloat16, whose range float32's barely exceeds), though the interpolated value
+lies between them and is finite. There the sync gives the formula on θ/2 and
+φ/2, doubled (exact at that magnitude, as `lookahead_core.lerp` does), and
+torch's bits everywhere else. ``torch.lerp`` writes over φ and raises no flag
+a caller could read, so what the repair needs must be known before it runs:
+an overflow needs ``|φ| ≥`` `overflow_margin` (2¹⁰³ ≈ 1e31 in float32)
+somewhere. Each sync therefore first reads every slow tensor once (`_stashes`:
+on the CPU a NumPy reduction on the tensor's memory, which dispatches no
+torch operator; on an accelerator one multi-tensor ``_foreach_norm`` and one
+value read back). A tensor above the margin (or not finite) is copied before
+its lerp, and after it the elements whose result is not finite while both
+inputs are get the rescaled formula; no other tensor is touched again.
+float16 pairs (computed in float32) and pairs whose slow copy is wide enough
+(float16 into float32, float32 into float64) cannot overflow and are not
+read. That read is the price (the Performance page has it): torch offers no
+cheaper way to know, before φ is overwritten, that the lerp will not
+overflow.
 """
 
 from __future__ import annotations
@@ -51,6 +71,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -64,6 +85,7 @@ __all__ = [
     "lerp_and_copy_",
     "lerp_and_copy_blocked",
     "make_scratch",
+    "overflow_margin",
     "scratch_elements",
     "scratch_key",
     "swap_",
@@ -193,6 +215,10 @@ def lerp_and_copy_(
 ) -> None:
     """The sync on every pair: ``slow ← lerp(slow, fast, alpha)``, then ``fast ← slow``.
 
+    Where ``fast − slow`` overflows with both finite, the lerp is the rescaled
+    formula instead (see the module's docstring); everywhere else it is
+    ``torch.lerp``'s, bit for bit.
+
     Args:
         fast: the fast tensors θ (parameters, detached), updated in place.
         slow: the slow tensors φ, one per fast tensor, same shape and device;
@@ -206,7 +232,9 @@ def lerp_and_copy_(
             if device.type == "cpu":
                 lerp_and_copy_blocked(fs, ss, alpha, CPU_BLOCK_BYTES // fast_dtype.itemsize)
             else:
+                stashes = _stashes(fs, ss)
                 torch._foreach_lerp_(ss, fs, alpha)
+                _repair_overflows_(ss, fs, stashes, alpha)
                 torch._foreach_copy_(fs, ss)
         else:
             if scratch is None or (device, slow_dtype) not in scratch:
@@ -226,7 +254,9 @@ def lerp_and_copy_blocked(
     ``_foreach_lerp_(φ, θ, α)`` then ``_foreach_copy_(θ, φ)`` while it is in
     the cache. A tensor whose memory is not dense, or laid out differently from
     its slow copy, is one piece of its own. Tensors that fit in one batch
-    together give exactly the two calls of the unblocked kernel.
+    together give exactly the two calls of the unblocked kernel. A pair whose
+    lerp could overflow (module docstring) is repaired piece by piece between
+    the two calls.
 
     Pieces start at multiples of `PIECE_ALIGN` elements: torch's CPU kernels
     compute the last ``n mod (vector width)`` elements of a tensor with scalar
@@ -242,31 +272,41 @@ def lerp_and_copy_blocked(
             multiple of `PIECE_ALIGN` (at least one).
     """
     block_elements = max(PIECE_ALIGN, block_elements - block_elements % PIECE_ALIGN)
+    stashes = _stashes(fast, slow)
     batch_fast: list[torch.Tensor] = []
     batch_slow: list[torch.Tensor] = []
+    batch_stash: list[torch.Tensor | None] = []
+
+    def flush() -> None:
+        torch._foreach_lerp_(batch_slow, batch_fast, alpha)
+        _repair_overflows_(batch_slow, batch_fast, batch_stash, alpha)
+        torch._foreach_copy_(batch_fast, batch_slow)
+        batch_fast.clear()
+        batch_slow.clear()
+        batch_stash.clear()
+
     used = 0
-    for f, s in zip(fast, slow):
+    for f, s, stash in zip(fast, slow, stashes):
         n = f.numel()
         if n > block_elements and (flat := _matching_flat_views(f, s)) is not None:
-            pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = zip(
-                flat[0].split(block_elements), flat[1].split(block_elements)
+            slow_pieces = flat[1].split(block_elements)
+            pieces: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = zip(
+                flat[0].split(block_elements), slow_pieces,
+                _stash_pieces(stash, block_elements, len(slow_pieces)),
             )
         else:
-            pieces = ((f, s),)
-        for piece_fast, piece_slow in pieces:
+            pieces = ((f, s, stash),)
+        for piece_fast, piece_slow, piece_stash in pieces:
             size = piece_fast.numel()
             if used and used + size > block_elements:
-                torch._foreach_lerp_(batch_slow, batch_fast, alpha)
-                torch._foreach_copy_(batch_fast, batch_slow)
-                batch_fast.clear()
-                batch_slow.clear()
+                flush()
                 used = 0
             batch_fast.append(piece_fast)
             batch_slow.append(piece_slow)
+            batch_stash.append(piece_stash)
             used += size
     if batch_fast:
-        torch._foreach_lerp_(batch_slow, batch_fast, alpha)
-        torch._foreach_copy_(batch_fast, batch_slow)
+        flush()
 
 
 def _lerp_and_copy_upcast(
@@ -277,11 +317,14 @@ def _lerp_and_copy_upcast(
     Per batch of chunks (at most ``scratch.numel()`` elements in all): the
     fast chunks are upcast into the scratch (exact: every float16/bfloat16
     value is a float32 value), the slow chunks are lerped toward them in the
-    slow dtype, and the fast chunks receive the slow values rounded to nearest.
+    slow dtype (and repaired where that overflowed, see the module's
+    docstring), and the fast chunks receive the slow values rounded to nearest.
     """
     capacity = scratch.numel()
+    stashes = _stashes(fast, slow)
     batch_fast: list[torch.Tensor] = []
     batch_slow: list[torch.Tensor] = []
+    batch_stash: list[torch.Tensor | None] = []
     used = 0
 
     def flush() -> None:
@@ -292,31 +335,184 @@ def _lerp_and_copy_upcast(
             offset += piece.numel()
         torch._foreach_copy_(views, batch_fast)  # upcast θ, exact
         torch._foreach_lerp_(batch_slow, views, alpha)  # φ ← lerp(φ, θ, α) in the slow dtype
+        _repair_overflows_(batch_slow, views, batch_stash, alpha)
         torch._foreach_copy_(batch_fast, batch_slow)  # θ ← φ, rounded to nearest
         batch_fast.clear()
         batch_slow.clear()
+        batch_stash.clear()
         used = 0
 
-    for f, s in zip(fast, slow):
+    for f, s, stash in zip(fast, slow, stashes):
         flat = _matching_flat_views(f, s)
         if flat is None:
             # Not dense, or laid out differently from its slow copy: no flat views
             # with matching element order. One temporary of this parameter's size.
-            s.lerp_(f.to(s.dtype), alpha)
+            theta = f.to(s.dtype)
+            s.lerp_(theta, alpha)
+            _repair_overflows_([s], [theta], [stash], alpha)
             f.copy_(s)
             continue
         flat_f, flat_s = flat
+        flat_stash = None if stash is None else flat_view(stash)
         start, n = 0, flat_f.numel()
         while start < n:
             take = min(n - start, capacity - used)
             batch_fast.append(flat_f[start : start + take])
             batch_slow.append(flat_s[start : start + take])
+            batch_stash.append(None if flat_stash is None else flat_stash[start : start + take])
             used += take
             start += take
             if used == capacity:
                 flush()
     if batch_fast:
         flush()
+
+
+# --- overflow of θ − φ ---------------------------------------------------------------------
+
+_OPMATH = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+"""The dtype torch's lerp computes a same-dtype pair of 16-bit floats in."""
+
+
+def overflow_margin(fast_dtype: torch.dtype, slow_dtype: torch.dtype) -> float | None:
+    """How large ``|φ|`` must be somewhere for ``θ − φ`` to overflow in the sync, or ``None``.
+
+    The lerp computes in the slow dtype (float32 for 16-bit pairs). ``θ − φ``
+    rounds to inf once ``|θ| + |φ|`` reaches the largest finite value plus half
+    an ulp of it; with ``|θ|`` at most the fast dtype's largest value, that
+    needs ``|φ| ≥`` the returned margin. ``None``: no finite pair of these
+    dtypes overflows (float16, float16 into float32, float32 into float64).
+    """
+    compute = torch.finfo(_OPMATH.get(slow_dtype, slow_dtype))
+    ulp = 2.0 ** (math.frexp(compute.max)[1] - 1) * compute.eps  # of the largest value
+    overflow = int(compute.max) + int(ulp) // 2  # exact integers
+    margin = overflow - int(torch.finfo(fast_dtype).max)
+    return float(margin) if margin <= int(torch.finfo(slow_dtype).max) else None
+
+
+def _stashes(fast: Sequence[torch.Tensor], slow: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Before a sync: a copy of each slow tensor whose lerp could overflow, else ``None``.
+
+    One read of every slow tensor, against `overflow_margin`; copies only
+    where some ``|φ|`` is that large or not finite (the rare path). On the
+    CPU the reads are NumPy reductions on the tensors' own memory, which
+    dispatch no torch operator (a sync stays two ``_foreach`` calls per
+    bucket); on an accelerator one multi-tensor reduction and one value read
+    back.
+    """
+    if not slow:
+        return []
+    margin = overflow_margin(fast[0].dtype, slow[0].dtype)
+    if margin is None:
+        return [None] * len(slow)
+    if slow[0].device.type == "cpu":
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is an answer
+            below = [_below_on_cpu(s, margin) for s in slow]
+    else:
+        # A 2-norm bounds every |φ|; where it overflows itself (values far below the
+        # margin can make it inf) it errs on the side of a copy. NaN compares False.
+        norms = torch._foreach_norm(list(slow), ord=2)
+        if float(torch.stack(norms).max()) < margin:
+            return [None] * len(slow)
+        below = [float(norm) < margin for norm in norms]
+    return [None if ok else s.clone(memory_format=torch.preserve_format)
+            for s, ok in zip(slow, below)]
+
+
+def _below_on_cpu(t: torch.Tensor, margin: float) -> bool:
+    """Whether every ``|t| < margin`` (``False`` where t holds inf or NaN), read by NumPy.
+
+    Call it under ``numpy.errstate(over="ignore", invalid="ignore")``."""
+    if t.numel() == 0:
+        return True
+    layout = _NUMPY_LAYOUT.get(t.dtype)
+    if layout is None:  # a dtype NumPy cannot read: torch's own reduction
+        return bool(t.abs().max() < margin)
+    values = _numpy_view(t, *layout)
+    if t.dtype == torch.bfloat16:
+        # NumPy has no bfloat16: its bits. |x| < 2**119, below the margin of every
+        # bfloat16 pair, is an exponent field below 246, for either sign.
+        limit = 246 << 7
+        return bool(np.maximum.reduce(values.view(np.int16), axis=None) < limit
+                    and np.maximum.reduce(values, axis=None) < 0x8000 | limit)
+    if values.ndim == 1:
+        # A finite sum of squares puts every |t| below 2**64 (float32) or 2**512
+        # (float64), far below the margin; NumPy's dot is its fastest reduction.
+        return math.isfinite(np.dot(values, values))
+    low, high = np.minimum.reduce(values, axis=None), np.maximum.reduce(values, axis=None)
+    return bool(max(-low, high) < margin)
+
+
+_NUMPY_LAYOUT = {
+    torch.float32: ("<f4", 1),
+    torch.float64: ("<f8", 1),
+    torch.complex64: ("<f4", 2),  # (real, imaginary) pairs
+    torch.complex128: ("<f8", 2),
+    torch.bfloat16: ("<u2", 1),
+}
+"""How NumPy reads the memory of a CPU tensor of each dtype: type string, values per element."""
+
+
+class _Memory:
+    __slots__ = ("__array_interface__",)
+
+
+def _numpy_view(t: torch.Tensor, typestr: str, per_element: int) -> np.ndarray:
+    """A read-only NumPy view of a CPU tensor's memory, 1-D if the tensor is contiguous.
+
+    Built from the pointer: ``Tensor.numpy()`` would dispatch a ``detach``, and
+    the sync's check should add no torch operator to it (it stays two
+    ``_foreach`` calls per bucket, ``tests/test_torch_features.py``).
+    """
+    memory = _Memory()
+    if t.is_contiguous():
+        shape: tuple[int, ...] = (t.numel() * per_element,)
+        strides = None
+    else:
+        itemsize = int(typestr[2:])
+        shape = tuple(t.shape) + ((per_element,) if per_element > 1 else ())
+        strides = tuple(s * per_element * itemsize for s in t.stride()) + (
+            (itemsize,) if per_element > 1 else ())
+    memory.__array_interface__ = {"version": 3, "typestr": typestr, "shape": shape,
+                                  "strides": strides, "data": (t.data_ptr(), True)}
+    return np.asarray(memory)
+
+
+def _stash_pieces(stash: torch.Tensor | None, block_elements: int,
+                  count: int) -> Sequence[torch.Tensor | None]:
+    """The ``count`` pieces of ``stash`` that match the slow tensor's flat pieces.
+
+    A ``preserve_format`` copy of a dense tensor has its strides, so its flat
+    view (`flat_view`) lists the elements in the same order.
+    """
+    if stash is None:
+        return [None] * count
+    flat = flat_view(stash)
+    assert flat is not None, "a preserve_format copy of a dense tensor is dense"
+    return flat.split(block_elements)
+
+
+def _repair_overflows_(slow: Sequence[torch.Tensor], theta: Sequence[torch.Tensor],
+                       stashes: Sequence[torch.Tensor | None], alpha: float) -> None:
+    """After the lerp: the rescaled formula where a stashed pair overflowed."""
+    for s, t, old in zip(slow, theta, stashes):
+        if old is not None:
+            _repair_overflow_(s, old, t.to(s.dtype), alpha)
+
+
+def _repair_overflow_(slow: torch.Tensor, old: torch.Tensor, theta: torch.Tensor,
+                      alpha: float) -> None:
+    """``slow`` (the lerp of ``old`` toward ``theta``) where ``theta − old`` overflowed.
+
+    Those elements are the non-finite results of finite inputs. They get
+    ``2·lerp(old/2, θ/2, α)``: both inputs are at least the overflow margin
+    there, so halving and doubling are exact and the formula rounds as it would
+    without the overflow. Allocates (masks and gathers): the rare path.
+    """
+    overflowed = ~torch.isfinite(slow) & torch.isfinite(old) & torch.isfinite(theta)
+    if bool(overflowed.any()):
+        halves = old[overflowed] * 0.5, theta[overflowed] * 0.5
+        slow[overflowed] = torch.lerp(*halves, alpha) * 2.0
 
 
 @torch.no_grad()
