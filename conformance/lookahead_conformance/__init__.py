@@ -8,19 +8,24 @@ under the entry-point group ``lookahead.backends`` (or is named as
 * ``pytest --pyargs lookahead_conformance --lookahead-backend=NAME``
 * ``python -m lookahead_conformance [--backend NAME] [--json FILE]``
 
+A backend's key in both is its `Backend.name`. A run is reproducible from
+its seed and number of drawn examples, and `CHECKS_VERSION` says which
+rules it applied.
+
 Both need the kit's tools, installed by the ``conformance`` extra
 (``pip install 'lookahead-optimizer[conformance]'``); without them they stop
 before any check (`lookahead_conformance.tools`).
 """
 
-from .checks import CHECKS, CheckResult, run_check
+from .checks import CHECKS, CHECKS_VERSION, CheckResult, Settings, run_check
 from .protocol import Backend, InnerSpec, Runner, protocol_violations
 from .registry import BrokenBackend, builtin_backend_names, load_backend, registered_backends
-from .report import BackendReport, certify, format_report
+from .report import BackendReport, certify, format_report, report_json
 from .tools import EXIT_MISSING_TOOLS, MissingToolError
 
 __all__ = [
     "CHECKS",
+    "CHECKS_VERSION",
     "Backend",
     "BackendReport",
     "BrokenBackend",
@@ -29,11 +34,13 @@ __all__ = [
     "InnerSpec",
     "MissingToolError",
     "Runner",
+    "Settings",
     "builtin_backend_names",
     "certify",
     "format_report",
     "load_backend",
     "protocol_violations",
     "registered_backends",
+    "report_json",
     "run_check",
 ]

@@ -34,6 +34,7 @@ __all__ = [
     "ReportsMemory",
     "Runner",
     "SkipsSteps",
+    "is_usable_name",
     "protocol_violations",
 ]
 
@@ -48,6 +49,19 @@ class InnerSpec(NamedTuple):
             ``betas``, ``eps``, ...), which are ``torch.optim``'s names and
             defaults. A backend maps them onto its own optimizer, e.g.
             ``torch.optim.SGD(params, **hyperparams)``.
+
+    Only the hyperparameters a check sets are in ``hyperparams`` (``lr``
+    always); every other one has ``torch.optim``'s default, and a backend
+    whose optimizer defaults differently must pass that default itself:
+
+    | name | defaults of the keys left out |
+    |---|---|
+    | ``"sgd"`` | ``momentum=0``, ``dampening=0``, ``weight_decay=0``, ``nesterov=False`` |
+    | ``"adam"`` | ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=0``, ``amsgrad=False`` |
+    | ``"adamw"`` | ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=1e-2``, ``amsgrad=False`` |
+
+    AdamW's ``weight_decay=1e-2`` is the one that catches backends out:
+    ``optax.adamw`` defaults to ``1e-4`` (optax 0.2.8).
     """
 
     name: str
@@ -140,7 +154,10 @@ class Backend(Protocol):
     """A Lookahead implementation, as the conformance checks see it.
 
     Attributes:
-        name: the name it is registered under, e.g. ``"numpy"``.
+        name: the name it is registered under, e.g. ``"numpy"``: its key in
+            the report, the JSON, pytest's test ids and the skip and xfail
+            lists, also when it is loaded as ``module:attr``. A non-empty
+            str without ``#``, line breaks or surrounding spaces.
         dtypes: the NumPy names of the floating dtypes to certify, e.g.
             ``("float32", "float64")``. Every check runs on each.
 
@@ -194,6 +211,11 @@ def protocol_violations(obj: Any, members: Sequence[str] = REQUIRED_BACKEND_MEMB
     """
     available = set(dir(obj))  # dir() does not evaluate properties, hasattr() would
     missing = [m for m in members if m not in available]
+    if "name" in members and "name" in available and not is_usable_name(getattr(obj, "name", None)):
+        missing.append(
+            "name (a non-empty str without '#', line breaks or surrounding spaces, "
+            f"got {getattr(obj, 'name', None)!r})"
+        )
     if "dtypes" in members and "dtypes" in available:
         dtypes = getattr(obj, "dtypes", None)
         if not (isinstance(dtypes, tuple) and dtypes and all(_is_float_dtype(d) for d in dtypes)):
@@ -201,6 +223,13 @@ def protocol_violations(obj: Any, members: Sequence[str] = REQUIRED_BACKEND_MEMB
                 f"dtypes (a non-empty tuple of NumPy floating dtype names, got {dtypes!r})"
             )
     return missing
+
+
+def is_usable_name(name: Any) -> bool:
+    """Whether ``name`` can be a backend's key: in the report, the JSON, pytest's test ids
+    and a line ``name::check`` of a skip or xfail list (where ``#`` starts a comment)."""
+    return (isinstance(name, str) and bool(name) and name == name.strip()
+            and "#" not in name and not any(c in name for c in "\r\n"))
 
 
 def _is_float_dtype(name: Any) -> bool:

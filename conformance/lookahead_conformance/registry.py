@@ -1,5 +1,13 @@
 """Finding backends: the ``lookahead.backends`` entry points, or ``module:attr``.
 
+A backend's key everywhere (the report, the JSON, pytest's test ids, the
+skip and xfail lists) is its `Backend.name`: an entry point must be named
+as its backend, and a backend loaded as ``module:attr`` is keyed by its
+name, not by that string. ``module:attr`` is imported as Python would from
+the current directory (it is searched after the installed packages, also
+under the ``pytest`` script, which does not put it on ``sys.path``), and from
+the folders given to `add_search_paths` (``--path``).
+
 A registered backend that cannot be loaded (its module fails to import, the
 attribute is missing, it lacks part of the protocol, or two distributions
 register the same name) becomes a `BrokenBackend`, which every runner reports
@@ -12,6 +20,8 @@ must not report as green.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -23,10 +33,12 @@ from .protocol import Backend, InnerSpec, Runner, protocol_violations
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BrokenBackend",
+    "add_search_paths",
     "builtin_backend_names",
     "expand_backend_names",
     "load_backend",
     "registered_backends",
+    "select_backends",
 ]
 
 ENTRY_POINT_GROUP = "lookahead.backends"
@@ -99,7 +111,16 @@ def _load_entry_point(ep: EntryPoint) -> Backend | BrokenBackend:
             f"{origin} failed to load: {exc!r} (a backend's module must import without "
             "its array library and report a missing one through skip_reason())",
         )
-    return _as_backend(ep.name, obj, origin)
+    backend = _as_backend(ep.name, obj, origin)
+    if not isinstance(backend, BrokenBackend) and backend.name != ep.name:
+        # Two names for one backend would give two keys: `--backend` would take one, the
+        # report, test ids and lists the other.
+        return BrokenBackend(
+            ep.name,
+            f"{origin} is a backend named {backend.name!r}: register it under its name, "
+            f"or name it {ep.name!r} (a backend's name is its key in reports, test ids and lists)",
+        )
+    return backend
 
 
 def _entry_points() -> dict[str, list[EntryPoint]]:
@@ -152,8 +173,10 @@ def load_backend(spec: str) -> Backend | BrokenBackend:
     """A backend by registered name, or by ``module:attr`` for an unregistered one.
 
     ``module:attr`` may name a backend instance or a class with a no-argument
-    constructor. A backend that cannot be loaded is returned as a
-    `BrokenBackend` (a failure in every runner).
+    constructor; the module is imported from the installed packages, the
+    folders of `add_search_paths`, or the current directory. A backend that
+    cannot be loaded is returned as a `BrokenBackend` named ``spec`` (a
+    failure in every runner); one that loads is keyed by its own ``name``.
 
     Raises:
         ValueError: ``spec`` is neither a registered name nor ``module:attr``.
@@ -163,7 +186,7 @@ def load_backend(spec: str) -> Backend | BrokenBackend:
     if ":" in spec:
         module, _, attr = spec.partition(":")
         try:
-            obj = importlib.import_module(module)
+            obj = _import_from_here(module)
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except Exception as exc:
@@ -178,3 +201,60 @@ def load_backend(spec: str) -> Backend | BrokenBackend:
     if len(eps) > 1:
         return registered_backends()[spec]
     return _load_entry_point(eps[0])
+
+
+def _import_from_here(module: str) -> Any:
+    """``importlib.import_module``, with the current directory searched last.
+
+    ``python -m`` puts the current directory first on ``sys.path``; the
+    ``pytest`` script puts nothing there. Appending it makes ``module:attr``
+    resolve from where the command runs in both, while an installed package
+    of the same name still wins.
+    """
+    here = os.getcwd()
+    if "" not in sys.path and here not in sys.path:
+        sys.path.append(here)
+        importlib.invalidate_caches()
+    return importlib.import_module(module)
+
+
+def add_search_paths(folders: Sequence[str]) -> None:
+    """Put ``folders`` first on ``sys.path`` (in the order given), for ``module:attr`` backends.
+
+    Raises:
+        ValueError: a folder does not exist.
+    """
+    folders = list(folders)
+    if not folders:
+        return
+    for folder in reversed(folders):
+        path = os.path.abspath(folder)
+        if not os.path.isdir(path):
+            raise ValueError(f"path must be an existing folder, got {folder!r}")
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    importlib.invalidate_caches()
+
+
+def select_backends(specs: Sequence[str]) -> list[Backend | BrokenBackend]:
+    """The backends of ``specs`` (names, ``"all"``, ``module:attr``), each once, in order.
+
+    The same object named twice (an entry point and its ``module:attr``) is one backend.
+
+    Raises:
+        ValueError: a name is not registered (see `load_backend`), or two different
+            backends have the same name: a name is their key in reports and lists.
+    """
+    chosen: dict[str, tuple[str, Backend | BrokenBackend]] = {}
+    for spec in expand_backend_names(specs):
+        backend = load_backend(spec)
+        if backend.name in chosen:
+            first_spec, first = chosen[backend.name]
+            if first is backend:
+                continue
+            raise ValueError(
+                f"two backends are named {backend.name!r}: {first_spec} and {spec}; a backend's "
+                "name is its key in the report, the JSON and the lists, so each needs its own"
+            )
+        chosen[backend.name] = (spec, backend)
+    return [backend for _, backend in chosen.values()]
