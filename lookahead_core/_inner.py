@@ -269,11 +269,12 @@ def _lerp_numpy(xp: Any, start: Array, end: Array, weight: float) -> Array:
 
 
 def _known_all_finite(xp: Any, x: Array) -> bool:
-    """Whether every element of ``x`` is finite; ``False`` when a tracing compiler
-    (``jax.jit``) holds the values, so that the repair is applied branch-free."""
+    """Whether every element of ``x`` is finite; ``False`` when the values cannot be
+    read (a tracing compiler such as ``jax.jit`` holds them, or torch's data-less
+    ``meta`` device), so that the repair is applied branch-free."""
     try:
         return bool(xp.all(xp.isfinite(x)))
-    except TypeError:  # jax's TracerBoolConversionError is a TypeError
+    except (TypeError, RuntimeError):  # jax: TracerBoolConversionError; meta: RuntimeError
         return False
 
 
