@@ -225,7 +225,10 @@ def is_state_initialization(optimizer: torch.optim.Optimizer) -> bool:
     if optimizer.state:
         return False
     for group in optimizer.param_groups:
-        if "lr" in group and float(group["lr"]) != 0.0:
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor) and lr.device.type != "cpu":
+            return False  # torch's initialization sets a CPU 0.0; reading this one would wait for the device
+        if lr is not None and float(lr) != 0.0:
             return False
     grads, params = [], []
     for group in optimizer.param_groups:
