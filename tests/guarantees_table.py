@@ -389,17 +389,7 @@ class TorchSubject(Subject):
         return self.opt.rollbacks
 
     def resume_0_1_0(self) -> str:
-        torch = self.torch
-        gen = _fixture_generator()
-        name = "sgd_momentum"
-        saved = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
-        expected = torch.load(FIXTURES / f"{name}.expected.pt", weights_only=True)
-        params, opt = gen.build_torch(name)
-        with torch.no_grad():
-            for p, value in zip(params, saved["params"]):
-                p.copy_(value)
-        opt.load_state_dict(saved["optimizer"])
-        gen.run_torch(params, opt, gen.torch_grads(name, gen.STEPS_AFTER, seed=2))
+        params, opt, expected = _fixture_generator().resume_torch("sgd_momentum")
         got = host(list(params) + [s for group in opt.slow for s in group])
         want = host(list(expected["params"]) + list(expected["slow"]))
         return RESUMES_0_1_0 if same(got, want) else "resumes differently"

@@ -32,14 +32,7 @@ gen = _generator()
 def test_torch_checkpoint_of_0_1_0_resumes_bit_exactly(name):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    saved = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
-    expected = torch.load(FIXTURES / f"{name}.expected.pt", weights_only=True)
-    params, opt = gen.build_torch(name)
-    with torch.no_grad():
-        for p, value in zip(params, saved["params"]):
-            p.copy_(value)
-    opt.load_state_dict(saved["optimizer"])
-    gen.run_torch(params, opt, gen.torch_grads(name, gen.STEPS_AFTER, seed=2))
+    params, opt, expected = gen.resume_torch(name)
     for p, want in zip(params, expected["params"]):
         assert torch.equal(p.detach(), want)
     slow = [s for group in opt.slow for s in group]
