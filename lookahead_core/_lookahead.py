@@ -10,6 +10,15 @@
 Unrolled, the slow weights are an exponential moving average of the fast
 weights at the end of each inner loop (eq. 0.1), see `ema_closed_form`.
 
+With an outer optimizer O (``outer=``), the sync is O's step on the
+pseudo-gradient Δ = φ − θ_{t,k}, the "gradient" of the slow weights::
+
+        Δ ← φ_{t-1} − θ_{t,k}
+        φ_t ← φ_{t-1} + O(Δ, φ_{t-1})                                 (outer step)
+
+Algorithm 1's sync is O = SGD with learning rate α and no momentum:
+φ − αΔ = φ + α(θ_{t,k} − φ). SNOO and DiLoCo use SGD with Nesterov momentum.
+
 Opt-in adaptive α (``alpha_mode="adaptive"``) replaces the fixed α of each
 sync by a gradient-only estimate of Proposition 1's ``α*`` (eq. 0.3), see
 `secant_alpha_terms` and `secant_alpha`.
@@ -20,7 +29,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 import array_api_compat
 
@@ -32,8 +41,13 @@ __all__ = [
     "ALPHA_MODES",
     "AdaptiveLookaheadState",
     "check_alpha_mode",
+    "DEFAULT_ALPHA",
     "Lookahead",
     "LookaheadState",
+    "OuterLookaheadState",
+    "check_alpha_or_outer",
+    "check_outer",
+    "outer_sync",
     "ema_closed_form",
     "lookahead",
     "secant_alpha",
@@ -85,8 +99,80 @@ class AdaptiveLookaheadState(NamedTuple):
     last_alpha: float | None
 
 
-AnyLookaheadState = LookaheadState | AdaptiveLookaheadState
-"""`LookaheadState` (fixed α, the default) or `AdaptiveLookaheadState`."""
+class OuterLookaheadState(NamedTuple):
+    """State of `lookahead` with an outer optimizer (``outer=``).
+
+    Attributes:
+        slow: the slow weights φ, one array per parameter.
+        inner: the inner optimizer's state.
+        count: executed inner steps since the last sync, in ``[0, k)``.
+        outer: the outer optimizer's state (e.g. an `SGDState` whose momentum
+            buffers are the outer momentum: one parameter-sized buffer each).
+    """
+
+    slow: Arrays
+    inner: Any
+    count: int
+    outer: Any
+
+
+AnyLookaheadState = LookaheadState | AdaptiveLookaheadState | OuterLookaheadState
+"""`LookaheadState` (fixed α, the default), `AdaptiveLookaheadState` or `OuterLookaheadState`."""
+
+
+class _DefaultAlpha(float):
+    """The type of `DEFAULT_ALPHA`: 0.5, told apart from a 0.5 the caller passed."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "0.5"
+
+
+DEFAULT_ALPHA: float = _DefaultAlpha(0.5)
+"""The default ``alpha`` of `lookahead` and the adapters (0.5, the paper's).
+
+A distinct object, so that `check_alpha_or_outer` can tell "not passed" from
+an explicit ``alpha=0.5``: with an outer optimizer any explicit α is refused.
+"""
+
+
+def check_alpha_or_outer(alpha: Any, outer_given: bool, alpha_mode: Any = "fixed") -> None:
+    """Refuse an explicit ``alpha`` or ``alpha_mode="adaptive"`` together with ``outer``.
+
+    With an outer optimizer the sync is its step on Δ = φ − θ; Algorithm 1's
+    α has no role there (outer SGD with ``lr=α`` and no momentum is that
+    sync). Adapters call this so that every backend refuses the same calls.
+
+    Raises:
+        TypeError: ``alpha`` passed with ``outer``.
+        ValueError: ``alpha_mode="adaptive"`` with ``outer`` (the adaptive
+            estimate chooses α, which an outer optimizer does not have).
+    """
+    if not outer_given:
+        return
+    if alpha is not DEFAULT_ALPHA:
+        raise TypeError(
+            f"alpha and outer cannot both be given (got alpha={alpha!r}): with an outer "
+            "optimizer the sync is its step on the pseudo-gradient phi - theta, and its "
+            "learning rate plays alpha's role; outer SGD with lr=alpha and no momentum is "
+            "Algorithm 1's sync"
+        )
+    if alpha_mode == "adaptive":
+        raise ValueError(
+            "alpha_mode='adaptive' estimates Algorithm 1's alpha, which an outer optimizer does "
+            "not have; use alpha_mode='fixed' with outer"
+        )
+
+
+def check_outer(outer: Any) -> InnerOptimizer:
+    """Return ``outer`` if it is an `InnerOptimizer`, else raise ``TypeError`` naming it."""
+    if not isinstance(outer, InnerOptimizer):
+        raise TypeError(
+            "outer must be None or an InnerOptimizer of lookahead_core such as "
+            f"lookahead_core.sgd(lr=0.7, momentum=0.9, nesterov=True), got {type(outer).__name__}"
+        )
+    return outer
 
 
 class Lookahead(NamedTuple):
@@ -107,10 +193,12 @@ class Lookahead(NamedTuple):
             now with the fixed ``alpha``, whatever the position in the cycle.
         inner: the inner optimizer A.
         k: synchronization period.
-        alpha: slow weights step size α; in adaptive mode the fallback α.
+        alpha: slow weights step size α; in adaptive mode the fallback α;
+            ``None`` with an outer optimizer.
         alpha_mode: ``"fixed"`` (the paper) or ``"adaptive"``.
         alpha_min: lower end of the adaptive α range ``[alpha_min, 1]``
             (unused with a fixed α).
+        outer: the outer optimizer O, or ``None`` (Algorithm 1's sync).
     """
 
     init: Callable[[Sequence[Array]], AnyLookaheadState]
@@ -120,9 +208,10 @@ class Lookahead(NamedTuple):
     sync: Callable[[Sequence[Array], AnyLookaheadState], tuple[Arrays, AnyLookaheadState]]
     inner: InnerOptimizer
     k: int
-    alpha: float
+    alpha: float | None
     alpha_mode: str = "fixed"
     alpha_min: float = 0.1
+    outer: InnerOptimizer | None = None
 
 
 def _copy(xp: Any, x: Array) -> Array:
@@ -179,6 +268,27 @@ def sync_slow(
     return tuple(_copy(xp, s) for s in new_slow), new_slow
 
 
+def outer_sync(
+    fast: Sequence[Array], slow: Sequence[Array], outer: InnerOptimizer, outer_state: Any
+) -> tuple[Arrays, Arrays, Any]:
+    """The sync as an outer optimizer's step: Δ = φ − θ, ``φ ← φ + O(Δ, φ)``, then ``θ ← φ``.
+
+    Δ is the pseudo-gradient: it points from the fast weights back to the
+    slow ones, as a gradient points uphill, so outer SGD with learning rate α
+    and no momentum gives φ − αΔ = φ + α(θ − φ), Algorithm 1's sync (up to
+    rounding: this is a one-sided update, Algorithm 1 a two-sided lerp).
+
+    Returns:
+        ``(new_fast, new_slow, new_outer_state)``; ``new_fast`` holds copies of
+        ``new_slow`` so the two never alias.
+    """
+    xp = array_api_compat.array_namespace(*slow)
+    pseudo_grads = tuple(xp.asarray(s - f) for s, f in zip(slow, fast))
+    delta, outer_state = outer.update(pseudo_grads, outer_state, slow)
+    new_slow = tuple(xp.asarray(s + d) for s, d in zip(slow, delta))
+    return tuple(_copy(xp, s) for s in new_slow), new_slow, outer_state
+
+
 def check_alpha_mode(alpha: Any, alpha_mode: Any, alpha_min: Any) -> tuple[float, str, float]:
     """Validate ``alpha``, ``alpha_mode`` and ``alpha_min`` together (as `lookahead` does).
 
@@ -204,23 +314,54 @@ def check_alpha_mode(alpha: Any, alpha_mode: Any, alpha_min: Any) -> tuple[float
     return alpha, alpha_mode, alpha_min
 
 
+@overload
 def lookahead(
     inner: InnerOptimizer,
     k: int = 5,
-    alpha: float = 0.5,
+    alpha: float = DEFAULT_ALPHA,
     *,
     alpha_mode: str = "fixed",
     alpha_min: float = 0.1,
+) -> Lookahead: ...
+
+
+@overload
+def lookahead(inner: InnerOptimizer, k: int = 5, *, outer: InnerOptimizer) -> Lookahead: ...
+
+
+def lookahead(
+    inner: InnerOptimizer,
+    k: int = 5,
+    alpha: float = DEFAULT_ALPHA,
+    *,
+    outer: InnerOptimizer | None = None,
+    alpha_mode: str = "fixed",
+    alpha_min: float = 0.1,
 ) -> Lookahead:
-    """Wrap an inner optimizer A in Lookahead (Algorithm 1).
+    """Wrap an inner optimizer A in Lookahead (Algorithm 1), or in an outer optimizer O.
+
+    Two forms: ``lookahead(inner, k, alpha)`` (the paper) and
+    ``lookahead(inner, k, outer=O)``, where each sync is O's step on the
+    pseudo-gradient Δ = φ − θ_{t,k} (see `outer_sync`); passing ``alpha``
+    too is a ``TypeError``.
 
     Args:
         inner: the inner optimizer, e.g. ``sgd(lr=0.1, momentum=0.9)``.
         k: synchronization period, an ``int`` >= 1 (bool rejected).
-        alpha: slow weights step size, a finite real in [0, 1].
+        alpha: slow weights step size, a finite real in [0, 1], default 0.5.
             ``alpha = 1`` is the inner optimizer alone, ``alpha = 0`` resets
             the fast weights to φ₀ every k steps. In adaptive mode, the α
             used when the estimate is undefined (must lie in ``[alpha_min, 1]``).
+            Not with ``outer``.
+        outer: ``None`` (Algorithm 1's sync, bit for bit as without this
+            argument) or an `InnerOptimizer` of this package used as the
+            outer optimizer O: ``sgd(lr=0.7, momentum=0.9, nesterov=True)``
+            is DiLoCo's and SNOO's outer step, ``sgd(lr=alpha)`` Algorithm 1's
+            up to rounding. At each sync O receives Δ = φ − θ_{t,k} as its
+            gradients and φ as its parameters; φ ← φ + O's delta; θ ← φ.
+            Its state (the outer momentum: one parameter-sized buffer per
+            parameter for SGD with momentum, two for Adam) is the
+            ``outer`` field of an `OuterLookaheadState`.
         alpha_mode: ``"fixed"`` (default, the paper's Algorithm 1) or
             ``"adaptive"``: each sync uses ``secant_alpha`` of
             ``secant_alpha_terms(φ, θ_{t,k}, ∇L(θ_{t,0}), ∇L(θ_{t,k}))``,
@@ -229,7 +370,7 @@ def lookahead(
             calls: k inner steps, then one call whose gradient (at θ_{t,k})
             only serves the estimate and the sync. Cost: one extra gradient
             evaluation per cycle and one extra parameter-sized buffer
-            (∇L(θ_{t,0})).
+            (∇L(θ_{t,0})). Refused with ``outer`` (there is no α to estimate).
         alpha_min: lower end of the adaptive range, a finite real in [0, 1];
             the default 0.1 keeps the slow weights moving every cycle when a
             noisy estimate is small or negative. Validated in both modes,
@@ -238,10 +379,17 @@ def lookahead(
     Returns:
         A `Lookahead` with pure ``init``, ``step`` and ``sync``. The inner
             optimizer's state is not touched by a sync.
+
+    Raises:
+        TypeError: a bad argument, or ``alpha`` together with ``outer``.
+        ValueError: a value out of range, or ``alpha_mode="adaptive"`` with ``outer``.
     """
     check_inner(inner)
     k = check_k(k)
+    check_alpha_or_outer(alpha, outer is not None, alpha_mode)
     alpha, alpha_mode, alpha_min = check_alpha_mode(alpha, alpha_mode, alpha_min)
+    if outer is not None:
+        return _outer_lookahead(inner, k, check_outer(outer), alpha_min)
     adaptive = alpha_mode == "adaptive"
     state_type = AdaptiveLookaheadState if adaptive else LookaheadState
     hint = " (alpha_mode='adaptive')" if adaptive else ""
@@ -300,6 +448,47 @@ def lookahead(
         return fast, LookaheadState(slow, state.inner, 0)
 
     return Lookahead(init, step, sync, inner, k, alpha, alpha_mode, alpha_min)
+
+
+def _outer_lookahead(
+    inner: InnerOptimizer, k: int, outer: InnerOptimizer, alpha_min: float
+) -> Lookahead:
+    """`lookahead` with an outer optimizer: the same cycle, `outer_sync` as the sync."""
+    hint = " (lookahead with outer=)"
+
+    def init(params: Sequence[Array]) -> OuterLookaheadState:
+        xp, params = check_arrays("params", params)
+        slow = tuple(_copy(xp, p) for p in params)
+        return OuterLookaheadState(slow, inner.init(params), 0, outer.init(slow))
+
+    def _check(params: Sequence[Array], state: Any) -> None:
+        check_state(params, state, OuterLookaheadState, hint)
+        check_inner_state(outer, state.outer, len(params), "state.outer")
+
+    def step(
+        params: Sequence[Array], grads: Sequence[Array], state: OuterLookaheadState
+    ) -> tuple[Arrays, OuterLookaheadState]:
+        xp, params = check_arrays("params", params)
+        _check(params, state)
+        _check_python_count(state.count)
+        check_count(state.count, k, name="state.count")
+        check_inner_state(inner, state.inner, len(params), "state.inner")
+        plan = plan_step(state.count, k)
+        fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
+        slow, outer_state = state.slow, state.outer
+        if plan.sync:
+            fast, slow, outer_state = outer_sync(fast, slow, outer, outer_state)
+        return fast, OuterLookaheadState(slow, inner_state, plan.count, outer_state)
+
+    def sync(
+        params: Sequence[Array], state: OuterLookaheadState
+    ) -> tuple[Arrays, OuterLookaheadState]:
+        _, params = check_arrays("params", params)
+        _check(params, state)
+        fast, slow, outer_state = outer_sync(params, state.slow, outer, state.outer)
+        return fast, OuterLookaheadState(slow, state.inner, 0, outer_state)
+
+    return Lookahead(init, step, sync, inner, k, None, "fixed", alpha_min, outer)
 
 
 def _as_python_real(name: str, value: Any) -> float:
