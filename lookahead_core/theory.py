@@ -20,11 +20,17 @@ corrections to the slides' transcription).
     - `nqm_sgd_variance_fixed_point` (eqs. 0.8, 0.19),
       `nqm_lookahead_variance_fixed_point` (eqs. 0.9, 0.20) and
       `nqm_variance_ratio` (Proposition 2),
+    - `nqm_outer_moments`, `nqm_outer_stationary_moments`,
+      `nqm_outer_stationary_variance`, `nqm_outer_variance_ratio` and
+      `nqm_outer_rate`: the same analysis when the sync is an outer SGD with
+      heavy-ball or Nesterov momentum on the pseudo-gradient φ − θ_{t,k}
+      (SNOO, DiLoCo's outer loop); μ = 0 and η = α is Lemma 1 again,
     - `nqm_simulate`: Monte Carlo with the library's own optimizers.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, NamedTuple
 
@@ -33,14 +39,29 @@ import numpy as np
 
 from ._inner import InnerOptimizer
 from ._lookahead import Lookahead
-from ._validation import check_alpha, check_arrays, check_k, check_matching, check_nonnegative
+from ._validation import (
+    check_alpha,
+    check_arrays,
+    check_k,
+    check_matching,
+    check_nonnegative,
+    check_unit_interval,
+)
 
 __all__ = [
     "NQMMoments",
+    "NQMOuterMoments",
+    "NQMOuterRate",
     "nqm_expected_loss",
     "nqm_lookahead_moments",
     "nqm_lookahead_variance_fixed_point",
     "nqm_moment_trajectory",
+    "nqm_outer_moments",
+    "nqm_outer_rate",
+    "nqm_outer_start",
+    "nqm_outer_stationary_moments",
+    "nqm_outer_stationary_variance",
+    "nqm_outer_variance_ratio",
     "nqm_sgd_moments",
     "nqm_sgd_variance_fixed_point",
     "nqm_simulate",
@@ -501,6 +522,425 @@ def nqm_lookahead_variance_fixed_point(
     """
     ratio = nqm_variance_ratio(curvature, lr, k, alpha)
     return nqm_sgd_variance_fixed_point(curvature, noise_var, lr) * ratio
+
+
+# --------------------------------------------------------------------------- outer momentum
+
+
+class NQMOuterMoments(NamedTuple):
+    """Moments of the slow weights φ and the outer momentum buffer b, per coordinate.
+
+    The state of `nqm_outer_moments` at the start of a cycle. Second moments
+    are raw (not centred); ``slow_var`` gives V[φ] = E[φ²] − E[φ]². The
+    centred covariance of (φ, b) follows the same map as the raw second
+    moments, because the means follow the mean map and the noise has mean 0.
+
+    Attributes:
+        slow_mean: E[φ].
+        buf_mean: E[b].
+        slow_sq: E[φ²].
+        cross: E[φ b].
+        buf_sq: E[b²].
+    """
+
+    slow_mean: Array
+    buf_mean: Array
+    slow_sq: Array
+    cross: Array
+    buf_sq: Array
+
+    @property
+    def slow_var(self) -> Array:
+        """V[φ] = E[φ²] − E[φ]² (loses relative accuracy when V[φ] ≪ E[φ]²)."""
+        return self.slow_sq - self.slow_mean * self.slow_mean
+
+
+class NQMOuterRate(NamedTuple):
+    """How fast the mean of outer-momentum Lookahead contracts on the NQM.
+
+    The mean map of one cycle has the characteristic polynomial
+    λ² − T λ + D, with eigenvalues λ± = (T ± √(T² − 4D)) / 2.
+
+    Attributes:
+        per_cycle: the spectral radius max |λ±| of the mean map, per cycle.
+        per_step: ``per_cycle ** (1 / k)``, per inner step (comparable with
+            SGD's |1 − γa|).
+        trace: T, the trace of the mean map.
+        det: D, its determinant.
+    """
+
+    per_cycle: Array
+    per_step: Array
+    trace: Array
+    det: Array
+
+
+def _check_outer(outer_lr: Any, momentum: Any, nesterov: Any) -> tuple[float, float, bool]:
+    """η > 0 finite, μ in [0, 1), ``nesterov`` a bool."""
+    outer_lr = check_nonnegative("outer_lr", outer_lr)
+    if outer_lr == 0.0:
+        raise ValueError(
+            "outer_lr must be > 0 (with outer_lr = 0 the slow weights never move), got 0.0"
+        )
+    momentum = check_unit_interval("momentum", momentum)
+    if not isinstance(nesterov, bool):
+        raise TypeError(
+            f"nesterov must be a bool, got {nesterov!r} of type {type(nesterov).__name__}"
+        )
+    return outer_lr, momentum, nesterov
+
+
+def _one_minus_rho_power(xp: Any, step: Array, n: int) -> Array:
+    """g = 1 − ρⁿ for ρ = 1 − γa and 0 < γa < 2, without cancellation.
+
+    The companion of `_one_plus_rho_power`: |ρ|ⁿ = exp(n·log1p(−s)) with
+    s = min(γa, 2 − γa). When ρⁿ >= 0, 1 − ρⁿ = −expm1(n·log1p(−s)) keeps
+    full relative accuracy as γa → 0 (where 1 − (1 − γa)ⁿ ≈ nγa would
+    cancel); when ρⁿ < 0 it is 1 + |ρ|ⁿ.
+    """
+    s = xp.minimum(step, 2.0 - step)
+    zero_rho = s >= 1.0
+    log_abs = n * xp.log1p(-xp.where(zero_rho, xp.zeros_like(s), s))
+    one_minus = xp.where(zero_rho, xp.ones_like(s), -xp.expm1(log_abs))
+    if n % 2 == 0:
+        return one_minus
+    one_plus = xp.where(zero_rho, xp.ones_like(s), 1.0 + xp.exp(log_abs))
+    return xp.where(step > 1.0, one_plus, one_minus)
+
+
+def _outer_map(g: Array, outer_lr: float, momentum: float, nesterov: bool):
+    """Entries of the mean map M = [[m11, m12], [m21, m22]] and the noise vector (u1, −1)."""
+    G = outer_lr * g
+    if nesterov:
+        m11 = 1.0 - (1.0 + momentum) * G
+        m12 = -outer_lr * momentum**2
+        u1 = outer_lr * (1.0 + momentum)
+    else:
+        m11 = 1.0 - G
+        m12 = -outer_lr * momentum
+        u1 = outer_lr
+    return m11, m12, g, momentum, u1
+
+
+def nqm_outer_start(mean: Array, var: Array) -> NQMOuterMoments:
+    """The state before the first sync: φ₀ with E[φ₀] = ``mean``, V[φ₀] = ``var``, b = 0.
+
+    Starting the buffer at b = 0 reproduces ``torch.optim.SGD``'s first-step
+    convention exactly: with dampening 0 its first sync sets b ← Δ, and the
+    recurrence's b ← μ·0 + Δ is the same number. So no separate first-sync
+    rule is needed (and the stationary quantities do not depend on the start
+    at all).
+
+    Args:
+        mean: E[φ₀], a real floating array (one entry per NQM coordinate).
+        var: V[φ₀] >= 0, like ``mean``.
+
+    Returns:
+        `NQMOuterMoments` with E[b] = E[φ₀b] = E[b²] = 0.
+    """
+    xp, mean = _one_array("mean", mean)
+    var = _same_as("var", var, "mean", mean)
+    if not bool(xp.all(var >= 0)):
+        raise ValueError("var must be >= 0 everywhere (a variance)")
+    zero = xp.zeros_like(mean)
+    return NQMOuterMoments(mean, zero, var + mean * mean, zero, zero)
+
+
+def nqm_outer_moments(
+    moments: NQMOuterMoments,
+    curvature: Array,
+    noise_var: Array,
+    lr: float,
+    k: int,
+    outer_lr: float,
+    momentum: float,
+    nesterov: bool = False,
+) -> NQMOuterMoments:
+    """One cycle of Lookahead(SGD) with an outer SGD with momentum on the NQM.
+
+    The outer step treats Δ = φ − θ_{t,k} as a gradient (Lookahead's sync is
+    SGD with learning rate α on it): with outer learning rate η and momentum
+    μ (``torch.optim.SGD``, dampening 0)
+
+        b' = μ b + Δ
+        d  = b'              (heavy ball)   or   Δ + μ b'   (Nesterov)
+        φ' = φ − η d,   θ ← φ'.
+
+    Per coordinate, k SGD steps from θ_{t,0} = φ give θ_{t,k} = ρᵏ φ + ξ with
+    ρ = 1 − γa and ξ independent of (φ, b), E[ξ] = 0 and
+    V[ξ] = s² = Σ_{i<k} ρ²ⁱ γ²a²σ² (the noise term of Lemma 1, eq. 0.13).
+    With g = 1 − ρᵏ, Δ = g φ − ξ, so x = (φ, b) follows x' = M x + u ξ:
+
+        heavy ball:  M = [[1 − ηg, −ημ ], [g, μ]],   u = (η, −1)
+        Nesterov:    M = [[1 − η(1 + μ)g, −ημ²], [g, μ]],   u = (η(1 + μ), −1)
+
+    and the moments follow E[x'] = M E[x], E[x'x'ᵀ] = M E[xxᵀ] Mᵀ + s² u uᵀ,
+    i.e. with M = [[m₁₁, m₁₂], [m₂₁, m₂₂]] and u = (u₁, −1),
+
+        E[φ'²]  = m₁₁² E[φ²] + 2 m₁₁m₁₂ E[φb] + m₁₂² E[b²] + s² u₁²
+        E[φ'b'] = m₁₁m₂₁ E[φ²] + (m₁₁m₂₂ + m₁₂m₂₁) E[φb]
+                  + m₁₂m₂₂ E[b²] − s² u₁
+        E[b'²]  = m₂₁² E[φ²] + 2 m₂₁m₂₂ E[φb] + m₂₂² E[b²] + s².
+
+    With μ = 0 and η = α both variants are Lemma 1 (eqs. 0.12, 0.13):
+    m₁₁ = 1 − α + αρᵏ, m₁₂ = 0, u₁ = α. The first sync's b ← Δ of
+    ``torch.optim.SGD`` is b ← μ·0 + Δ: start from b = 0 (`nqm_outer_start`).
+
+    Args:
+        moments: the `NQMOuterMoments` at the start of the cycle, each field
+            shaped like ``curvature``.
+        curvature: aᵢ > 0.
+        noise_var: σᵢ² >= 0.
+        lr: the inner learning rate γ >= 0.
+        k: synchronization period, an ``int`` >= 1.
+        outer_lr: η > 0.
+        momentum: μ in [0, 1) (μ = 0 with Nesterov is allowed here, unlike
+            in ``torch.optim.SGD``: it is the same map as heavy ball).
+        nesterov: Nesterov (True) or heavy-ball (False) momentum.
+
+    Returns:
+        The `NQMOuterMoments` after the cycle's sync.
+    """
+    xp, curvature, noise_var = _check_nqm(curvature, noise_var)
+    if not isinstance(moments, tuple) or len(moments) != 5:
+        raise TypeError(
+            "moments must be an NQMOuterMoments (slow_mean, buf_mean, slow_sq, cross, buf_sq), "
+            f"got {type(moments).__name__}"
+        )
+    fields = NQMOuterMoments._fields
+    state = [
+        _same_as(f"moments.{name}", x, "curvature", curvature)
+        for name, x in zip(fields, moments)
+    ]
+    m_phi, m_b, p, q, r = state
+    for name, x in (("slow_sq", p), ("buf_sq", r)):
+        if not bool(xp.all(x >= 0)):
+            raise ValueError(f"moments.{name} must be >= 0 everywhere (a second moment)")
+    lr = check_nonnegative("lr", lr)
+    k = check_k(k)
+    outer_lr, momentum, nesterov = _check_outer(outer_lr, momentum, nesterov)
+    rho = 1.0 - lr * curvature
+    injected = (lr * curvature) ** 2 * noise_var
+    s2 = xp.zeros_like(curvature)
+    for _ in range(k):  # Σ_{i<k} ρ²ⁱ γ²a²σ², as in Lemma 1
+        s2 = rho * rho * s2 + injected
+    g = 1.0 - rho**k
+    m11, m12, m21, m22, u1 = _outer_map(g, outer_lr, momentum, nesterov)
+    return NQMOuterMoments(
+        xp.asarray(m11 * m_phi + m12 * m_b),
+        xp.asarray(m21 * m_phi + m22 * m_b),
+        xp.asarray(m11 * m11 * p + 2.0 * m11 * m12 * q + m12 * m12 * r + u1 * u1 * s2),
+        xp.asarray(m11 * m21 * p + (m11 * m22 + m12 * m21) * q + m12 * m22 * r - u1 * s2),
+        xp.asarray(m21 * m21 * p + 2.0 * m21 * m22 * q + m22 * m22 * r + s2),
+    )
+
+
+def _outer_g_and_check(curvature: Array, lr: Any, k: Any, outer_lr: Any, momentum: Any,
+                       nesterov: Any) -> tuple[Any, Array, Array, int, float, float, bool]:
+    xp, curvature = _one_array("curvature", curvature)
+    _check_nqm(curvature, xp.zeros_like(curvature))
+    _, step = _check_stable_lr(xp, lr, curvature)
+    k = check_k(k)
+    outer_lr, momentum, nesterov = _check_outer(outer_lr, momentum, nesterov)
+    return xp, step, _one_minus_rho_power(xp, step, k), k, outer_lr, momentum, nesterov
+
+
+def _outer_stationary_parts(xp: Any, step: Array, g: Array, outer_lr: float, momentum: float,
+                            nesterov: bool) -> tuple[Array, Array, Array, Array]:
+    """(E[φ²], E[φb], E[b²]) / V*_SGD at the fixed point and the stability mask."""
+    G = outer_lr * g
+    two_minus_g = 2.0 - g  # 1 + ρᵏ, in (0, 2)
+    if nesterov:
+        damp = 1.0 - momentum + momentum * G
+        edge = 2.0 * (1.0 + momentum) - (1.0 + 2.0 * momentum) * G
+        slow_num = (1.0 + momentum) + momentum * (1.0 + 2.0 * momentum) * G
+        cross_num = outer_lr * (1.0 + 2.0 * momentum)
+    else:
+        damp = xp.full_like(g, 1.0 - momentum)
+        edge = 2.0 * (1.0 + momentum) - G
+        slow_num = xp.full_like(g, 1.0 + momentum)
+        cross_num = outer_lr
+    stable = (damp > 0) & (edge > 0)
+    den = xp.where(stable, damp * edge, xp.ones_like(g))
+    # s² = V*_SGD · (1 − ρ²ᵏ) = V*_SGD · g (2 − g): the factor g cancels in E[φ²]
+    slow = outer_lr * two_minus_g * slow_num / den
+    cross = -g * two_minus_g * cross_num / den  # b leans against φ: E[φb] < 0
+    buf = 2.0 * g * two_minus_g / den
+    return slow, cross, buf, stable
+
+
+def nqm_outer_variance_ratio(
+    curvature: Array, lr: float, k: int, outer_lr: float, momentum: float, nesterov: bool = False
+) -> Array:
+    """``V*_outer / V*_SGD`` per coordinate: the stationary variance of φ against SGD's.
+
+    The fixed point of `nqm_outer_moments` (its means go to 0) solves
+    S = M S Mᵀ + s² u uᵀ for the 2×2 second-moment matrix S of (φ, b), a
+    3×3 linear system. Solved in closed form (G = ηg, g = 1 − ρᵏ, and
+    s² = V*_SGD·(1 − ρ²ᵏ) = V*_SGD·g(2 − g)):
+
+        heavy ball:  V*_outer / V*_SGD = η(1 + μ)(2 − g) / [(1 − μ)(2(1 + μ) − G)]
+        Nesterov:    V*_outer / V*_SGD = η(2 − g)[(1 + μ) + μ(1 + 2μ)G]
+                                         / [(1 − μ + μG)(2(1 + μ) − (1 + 2μ)G)]
+
+    With μ = 0 and η = α both are Proposition 2's α(1 + ρᵏ) / [α(1 + ρᵏ) + 2(1 − α)]
+    (eq. 0.9). The two factors of each denominator are positive exactly when
+    the mean map is stable (spectral radius < 1, the Jury conditions of
+    λ² − Tλ + D; see `nqm_outer_rate`); where it is not, the variance grows
+    without bound and the ratio is ``inf``. k = 1, η = 1 is SGD with heavy-ball
+    (or Nesterov) momentum μ on the NQM itself, whose known stationary
+    variance γaσ²(1 + μ) / [(1 − μ)(2(1 + μ) − γa)] the first line gives.
+    The fixed point does not depend on the start (nor on the first sync's
+    b ← Δ convention). 1 ± ρᵏ are computed through ``expm1``/``log1p``.
+
+    Args:
+        curvature: aᵢ > 0.
+        lr: γ with 0 < γaᵢ < 2 everywhere (Proposition 2's hypothesis).
+        k: synchronization period, an ``int`` >= 1.
+        outer_lr: η > 0.
+        momentum: μ in [0, 1).
+        nesterov: Nesterov (True) or heavy-ball (False) momentum.
+
+    Returns:
+        The ratio per coordinate, ``inf`` where the outer loop is unstable.
+    """
+    xp, step, g, k, outer_lr, momentum, nesterov = _outer_g_and_check(
+        curvature, lr, k, outer_lr, momentum, nesterov)
+    slow, _, _, stable = _outer_stationary_parts(xp, step, g, outer_lr, momentum, nesterov)
+    return xp.asarray(xp.where(stable, slow, xp.full_like(slow, math.inf)))
+
+
+def nqm_outer_stationary_moments(
+    curvature: Array,
+    noise_var: Array,
+    lr: float,
+    k: int,
+    outer_lr: float,
+    momentum: float,
+    nesterov: bool = False,
+) -> NQMOuterMoments:
+    """The fixed point of `nqm_outer_moments`: means 0, stationary second moments.
+
+    Solves the 3×3 system (E[φ²], E[φb], E[b²]) = K (E[φ²], E[φb], E[b²]) + s² w
+    of `nqm_outer_moments` in closed form (G = ηg, g = 1 − ρᵏ, s² as there):
+
+        heavy ball, with N = (1 − μ)(2(1 + μ) − G):
+            E[φ²] = η(1 + μ) s² / (g N),   E[φb] = −η s² / N,   E[b²] = 2 s² / N
+        Nesterov, with N = (1 − μ + μG)(2(1 + μ) − (1 + 2μ)G):
+            E[φ²] = η[(1 + μ) + μ(1 + 2μ)G] s² / (g N),
+            E[φb] = −η(1 + 2μ) s² / N,   E[b²] = 2 s² / N
+
+    evaluated with s²/g = V*_SGD·(2 − g). K's eigenvalues are the products
+    λᵢλⱼ of the mean map's (`nqm_outer_rate`), so the fixed point attracts
+    exactly when the mean map's spectral radius is < 1, which is exactly when
+    N > 0; elsewhere every second moment is ``inf`` (the variance diverges;
+    E[φb] is −inf there, as it is negative at every stable fixed point).
+    The start, and the first sync's b ← Δ, do not matter.
+
+    Args:
+        curvature: aᵢ > 0.
+        noise_var: σᵢ² >= 0.
+        lr: γ with 0 < γaᵢ < 2 everywhere.
+        k: synchronization period, an ``int`` >= 1.
+        outer_lr: η > 0.
+        momentum: μ in [0, 1).
+        nesterov: Nesterov (True) or heavy-ball (False) momentum.
+
+    Returns:
+        `NQMOuterMoments` with zero means; ``slow_sq`` is V*_outer.
+    """
+    xp, curvature, noise_var = _check_nqm(curvature, noise_var)
+    _, step, g, k, outer_lr, momentum, nesterov = _outer_g_and_check(
+        curvature, lr, k, outer_lr, momentum, nesterov)
+    v_sgd = step * noise_var / (2.0 - step)
+    parts = _outer_stationary_parts(xp, step, g, outer_lr, momentum, nesterov)
+    stable = parts[3]
+    inf = xp.full_like(v_sgd, math.inf)
+    slow, cross, buf = (xp.asarray(xp.where(stable, x * v_sgd, sign * inf))
+                        for x, sign in zip(parts[:3], (1.0, -1.0, 1.0)))
+    zero = xp.zeros_like(v_sgd)
+    return NQMOuterMoments(zero, zero, slow, cross, buf)
+
+
+def nqm_outer_stationary_variance(
+    curvature: Array,
+    noise_var: Array,
+    lr: float,
+    k: int,
+    outer_lr: float,
+    momentum: float,
+    nesterov: bool = False,
+) -> Array:
+    """``V*_outer``, the stationary variance of φ under an outer SGD with momentum.
+
+    `nqm_outer_variance_ratio` times `nqm_sgd_variance_fixed_point`
+    (the ``slow_sq`` field of `nqm_outer_stationary_moments`); ``inf`` where
+    the outer loop is unstable. With μ = 0 and η = α it is
+    `nqm_lookahead_variance_fixed_point`.
+
+    Args:
+        curvature: aᵢ > 0.
+        noise_var: σᵢ² >= 0.
+        lr: γ with 0 < γaᵢ < 2 everywhere.
+        k: synchronization period, an ``int`` >= 1.
+        outer_lr: η > 0.
+        momentum: μ in [0, 1).
+        nesterov: Nesterov (True) or heavy-ball (False) momentum.
+
+    Returns:
+        ``V*_outer`` per coordinate.
+    """
+    return nqm_outer_stationary_moments(
+        curvature, noise_var, lr, k, outer_lr, momentum, nesterov).slow_sq
+
+
+def nqm_outer_rate(
+    curvature: Array, lr: float, k: int, outer_lr: float, momentum: float, nesterov: bool = False
+) -> NQMOuterRate:
+    """How fast E[φ] goes to 0: the spectral radius of the 2×2 mean map.
+
+    The mean map of `nqm_outer_moments` has trace T and determinant D
+    (G = ηg, g = 1 − ρᵏ):
+
+        heavy ball:  T = 1 + μ − G,           D = μ
+        Nesterov:    T = (1 + μ)(1 − G),      D = μ(1 − G)
+
+    and eigenvalues λ± = (T ± √(T² − 4D)) / 2. The radius is
+    (|T| + √(T² − 4D)) / 2 when T² >= 4D (real eigenvalues) and √D otherwise
+    (a complex pair: E[φ] oscillates inside the envelope radiusᵗ). It is < 1
+    exactly when 0 < G < 2(1 + μ) (heavy ball) or 0 < G < 2(1 + μ)/(1 + 2μ)
+    (Nesterov), for 0 <= μ < 1. With μ = 0 and η = α it is Lemma 1's
+    |1 − α + αρᵏ| (eq. 0.12). As a function of the means alone, E[φ] obeys
+    E[φ_{t+2}] = T E[φ_{t+1}] − D E[φ_t] from the second cycle on.
+
+    Args:
+        curvature: aᵢ > 0.
+        lr: γ with 0 < γaᵢ < 2 everywhere.
+        k: synchronization period, an ``int`` >= 1.
+        outer_lr: η > 0.
+        momentum: μ in [0, 1).
+        nesterov: Nesterov (True) or heavy-ball (False) momentum.
+
+    Returns:
+        `NQMOuterRate`: the radius per cycle and per inner step (radius^(1/k)),
+        T and D.
+    """
+    xp, step, g, k, outer_lr, momentum, nesterov = _outer_g_and_check(
+        curvature, lr, k, outer_lr, momentum, nesterov)
+    G = outer_lr * g
+    if nesterov:
+        trace = (1.0 + momentum) * (1.0 - G)
+        det = momentum * (1.0 - G)
+    else:
+        trace = 1.0 + momentum - G
+        det = xp.full_like(g, momentum)
+    disc = trace * trace - 4.0 * det
+    real = disc >= 0
+    root = xp.sqrt(xp.where(real, disc, xp.zeros_like(disc)))
+    radius = xp.where(real, 0.5 * (xp.abs(trace) + root),
+                      xp.sqrt(xp.where(real, xp.zeros_like(det), det)))
+    return NQMOuterRate(xp.asarray(radius), xp.asarray(radius ** (1.0 / k)),
+                        xp.asarray(trace), xp.asarray(det))
 
 
 # --------------------------------------------------------------------------- Monte Carlo
