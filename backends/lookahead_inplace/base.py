@@ -21,6 +21,13 @@ Hooks (each subclass implements all of them):
 - ``_lerp_and_reset(alpha)``: the sync on every parameter, ``φ ← lerp(φ, θ, α)``
   then ``θ ← φ``, in place.
 - ``_swap()``: exchange the contents of θ and φ in place, for every parameter.
+- ``_setup_outer(state)``: with an outer optimizer, prepare the in-place outer
+  step for O's freshly initialized state (allocated on φ); return the state
+  the optimizer keeps (the same arrays, or copies of them laid out as the
+  adapter needs). The base class returns it unchanged.
+- ``_outer_step(plan, scalars, buffers)``: the outer step on every parameter, in
+  place, for the core's sgd, adam or adamw (see `lookahead_inplace.outer`):
+  Δ = φ − θ, O's update of its buffers and of φ, then θ ← φ.
 - ``_public_views(arrays)``: what the ``slow`` property hands out.
 - ``_export(array)``: a fresh NumPy copy, for `state_dict`.
 - ``_stage(array)``: a validated NumPy array of a checkpoint in the library's
@@ -51,10 +58,13 @@ from .checkpoint import (
     unflatten_tree,
 )
 from .nonfinite import all_finite, check_nonfinite
+from .outer import SGDPlan, adam_scalars, in_place_plan, outer_buffers, sgd_scalars
 
 __all__ = ["InPlaceLookahead"]
 
 _INNER_PREFIX = "inner"
+_OUTER_PREFIX = "outer"
+_OUTER_NAME_KEY = "outer_name"
 _ROLLBACKS_KEY = "rollbacks"  # optional: 0.1.0 had no rollback, its checkpoints lack it
 
 
@@ -78,8 +88,9 @@ class InPlaceLookahead:
         params: Sequence[Any],
         inner: lc.InnerOptimizer,
         k: int = 5,
-        alpha: float = 0.5,
+        alpha: float = lc.DEFAULT_ALPHA,
         *,
+        outer: lc.InnerOptimizer | None = None,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
         nonfinite: str | None = None,
@@ -87,7 +98,11 @@ class InPlaceLookahead:
     ) -> None:
         lc.check_inner(inner)
         k = lc.check_k(k)
+        # As the core: alpha with outer is a TypeError, adaptive with outer a ValueError.
+        lc.check_alpha_or_outer(alpha, outer is not None, alpha_mode)
         alpha, alpha_mode, alpha_min = lc.check_alpha_mode(alpha, alpha_mode, alpha_min)
+        if outer is not None:
+            lc.check_outer(outer)
         nonfinite = check_nonfinite(nonfinite)
         options = self._check_options(**options)
         params = self._check_params(params)
@@ -99,7 +114,7 @@ class InPlaceLookahead:
         self._inner = inner
         self._inner_state = inner_state
         self._k = k
-        self._alpha = alpha
+        self._alpha: float | None = None if outer is not None else alpha
         self._count = 0
         self._swapped = False
         self._alpha_mode = alpha_mode
@@ -116,6 +131,14 @@ class InPlaceLookahead:
         self._slow = self._setup(params, **options)
         self._slow_views = self._public_views(self._slow)
         self._param_views = self._public_views(params)
+        # The outer optimizer O: its state is allocated here, once, on φ (as the core's init).
+        self._outer = outer
+        self._outer_plan = None if outer is None else in_place_plan(outer)
+        self._outer_state: Any = None
+        if outer is not None:
+            outer_state = outer.init(self._slow)
+            check_tree(_OUTER_PREFIX, outer_state, self._array_type, self._library)
+            self._outer_state = self._setup_outer(outer_state)
 
     # -- hooks (see the module docstring) ----------------------------------------------
 
@@ -138,6 +161,12 @@ class InPlaceLookahead:
         raise NotImplementedError
 
     def _swap(self) -> None:
+        raise NotImplementedError
+
+    def _setup_outer(self, state: Any) -> Any:
+        return state
+
+    def _outer_step(self, plan: Any, scalars: Any, buffers: tuple[tuple[Any, ...], ...]) -> None:
         raise NotImplementedError
 
     def _public_views(self, arrays: Sequence[Any]) -> tuple[Any, ...]:
@@ -175,9 +204,23 @@ class InPlaceLookahead:
         return self._k
 
     @property
-    def alpha(self) -> float:
-        """Slow weights step size α of the sync."""
+    def alpha(self) -> float | None:
+        """Slow weights step size α of the sync; ``None`` with an outer optimizer."""
         return self._alpha
+
+    @property
+    def outer(self) -> lc.InnerOptimizer | None:
+        """The outer optimizer O (``outer=``), or ``None``: Algorithm 1's sync."""
+        return self._outer
+
+    @property
+    def outer_state(self) -> Any:
+        """O's state, the core's NamedTuple (e.g. ``SGDState``), or ``None`` without O.
+
+        With the core's sgd, adam or adamw its arrays are the buffers the outer
+        step updates in place: live state, like `slow`.
+        """
+        return self._outer_state
 
     @property
     def count(self) -> int:
@@ -224,8 +267,9 @@ class InPlaceLookahead:
 
     def __repr__(self) -> str:
         policy = "" if self._nonfinite is None else f", nonfinite={self._nonfinite!r}"
+        sync = f"alpha={self._alpha}" if self._outer is None else f"outer={self._outer.name!r}"
         return (
-            f"Lookahead(inner={self._inner.name!r}, k={self._k}, alpha={self._alpha}, "
+            f"Lookahead(inner={self._inner.name!r}, k={self._k}, {sync}, "
             f"params={len(self._params)}, count={self._count}{policy})"
         )
 
@@ -281,6 +325,8 @@ class InPlaceLookahead:
     def sync(self) -> None:
         """The outer update now: ``φ ← φ + α(θ − φ)``, then ``θ ← φ`` (eq. 0.1).
 
+        With an outer optimizer O, O's step on Δ = φ − θ instead (see `step`).
+
         Works whatever the position in the cycle and resets it (``count = 0``).
 
         Raises:
@@ -295,24 +341,61 @@ class InPlaceLookahead:
         if synced and self._alpha_mode == "adaptive":
             self._last_alpha = self._alpha  # an explicit sync uses the fixed α, as the core
 
-    def _sync_or_roll_back(self, alpha: float) -> bool:
-        """The sync with ``alpha`` or, under ``nonfinite="rollback"``, the rollback; True: synced.
+    def _sync_or_roll_back(self, alpha: float | None) -> bool:
+        """The sync with ``alpha`` (or O's step) or, under ``nonfinite="rollback"``, the
+        rollback; True: synced.
 
         The caller restarts the cycle (count 0) either way.
         """
         if self._nonfinite == "rollback" and not self._state_is_finite():
             self._roll_back()
             return False
-        self._lerp_and_reset(alpha)
+        if self._outer is None:
+            self._lerp_and_reset(alpha)
+        else:
+            self._outer_sync()
         return True
 
+    def _outer_sync(self) -> None:
+        """O's step on Δ = φ − θ, ``φ ← φ + delta``, ``θ ← φ``: `lookahead_core.outer_sync` in place.
+
+        The core's sgd, adam and adamw run as the adapter's in-place kernel
+        (no temporary array); any other outer optimizer through its own
+        ``update``, which allocates Δ, its delta and its new state.
+        """
+        plan, state = self._outer_plan, self._outer_state
+        if plan is None:
+            self._outer_sync_by_update()
+            return
+        if isinstance(plan, SGDPlan):
+            scalars: Any = sgd_scalars(plan, state.step)
+        else:
+            scalars = adam_scalars(plan, state.step)
+        self._outer_step(plan, scalars, outer_buffers(plan, state))
+        self._outer_state = state._replace(step=state.step + 1)
+
+    def _outer_sync_by_update(self) -> None:
+        """`_outer_sync` for an outer optimizer without an in-place kernel: the core's operations."""
+        xp = self._xp
+        pseudo_grads = tuple(xp.asarray(s - f) for s, f in zip(self._slow, self._fast))
+        delta, state = self._outer.update(pseudo_grads, self._outer_state, self._slow)
+        # Checked before anything changes: φ + delta must stay in φ's buffers.
+        lc.check_arrays("outer delta", delta)
+        lc.check_matching("outer delta", delta, "params", self._params)
+        check_tree(_OUTER_PREFIX, state, self._array_type, self._library)
+        self._apply(self._slow, delta)  # φ ← φ + delta: the core's s + d, into φ
+        for fast, slow in zip(self._fast, self._slow):
+            self._assign(fast, slow)
+        self._outer_state = state
+
     def _state_is_finite(self) -> bool:
-        """No inf or NaN in θ or in the inner state.
+        """No inf or NaN in θ, in the inner state or in the outer optimizer's state.
 
         φ is not read, as in the PyTorch adapter; under rollback a checkpoint
         with a non-finite φ is refused at load.
         """
         leaves = list(flatten_tree(_INNER_PREFIX, self._inner_state).values())
+        leaves += list(flatten_tree(_OUTER_PREFIX, self._outer_state).values())
         arrays = list(self._fast) + [leaf for leaf in leaves if isinstance(leaf, self._array_type)]
         scalars = [leaf for leaf in leaves if isinstance(leaf, float)]
         return all(math.isfinite(x) for x in scalars) and self._all_finite(arrays)
@@ -329,11 +412,43 @@ class InPlaceLookahead:
         to inf freezes a coordinate for good) poisons only them: both restart.
         ∇L(θ_{t,0}) of adaptive mode is not touched: the next cycle's first
         step records it anew.
+
+        The outer step is skipped and O's state is left as it is: its
+        momentum is the history of good cycles. Unless it holds inf or NaN
+        itself (Adam's v overflowing on a huge Δ, a loaded checkpoint): then
+        it restarts from ``outer.init``, or every later sync would roll back.
         """
         for fast, slow in zip(self._fast, self._slow):
             self._assign(fast, slow)
         self._inner_state = self._inner.init(self._params)
+        if self._outer is not None and not self._tree_is_finite(self._outer_state):
+            self._replace_outer_state(self._outer.init(self._slow))
         self._rollbacks += 1
+
+    def _tree_is_finite(self, tree: Any) -> bool:
+        leaves = list(flatten_tree(_OUTER_PREFIX, tree).values())
+        arrays = [leaf for leaf in leaves if isinstance(leaf, self._array_type)]
+        scalars = [leaf for leaf in leaves if isinstance(leaf, float)]
+        return all(math.isfinite(x) for x in scalars) and self._all_finite(arrays)
+
+    def _replace_outer_state(self, state: Any) -> None:
+        """Make ``state`` (checked, in the library's form) O's state.
+
+        With an in-place kernel its arrays are copied into the live buffers,
+        which keep their layout; otherwise it replaces the state, as O's own
+        ``update`` does at every sync.
+        """
+        if self._outer_plan is None:
+            self._outer_state = state
+            return
+        live = flatten_tree(_OUTER_PREFIX, self._outer_state)
+        new = flatten_tree(_OUTER_PREFIX, state)
+        for key, leaf in live.items():
+            if isinstance(leaf, self._array_type):
+                self._assign(leaf, new[key])
+        leaves = {key: leaf if isinstance(leaf, self._array_type) else new[key]
+                  for key, leaf in live.items()}
+        self._outer_state = unflatten_tree(_OUTER_PREFIX, self._outer_state, leaves)
 
     @contextlib.contextmanager
     def slow_weights(self) -> Iterator[tuple[Any, ...]]:
@@ -375,7 +490,9 @@ class InPlaceLookahead:
         ``slow.<i>`` (φ, one array per parameter) and ``inner.<field>[.<i>]``
         (the inner optimizer's state; ``None`` fields give no key); with
         ``nonfinite="rollback"`` (or once a loaded checkpoint brought a count)
-        ``rollbacks`` (int). Every array
+        ``rollbacks`` (int). With an outer optimizer O there is no ``alpha``;
+        instead ``outer_name`` (str) and ``outer.<field>[.<i>]`` (O's state,
+        e.g. ``outer.step`` and ``outer.momentum_buffer.<i>``). Every array
         is a fresh NumPy copy. The parameters θ are not included unless
         ``include_params`` (then as ``params.<i>``): save them yourself, as with
         ``torch.optim``.
@@ -384,12 +501,11 @@ class InPlaceLookahead:
             include_params: also store copies of the parameters.
         """
         fast, slow = (self._slow, self._params) if self._swapped else (self._params, self._slow)
-        sd: dict[str, Any] = {
-            "k": self._k,
-            "alpha": self._alpha,
-            "count": self._count,
-            "inner_name": self._inner.name,
-        }
+        sd: dict[str, Any] = {"k": self._k}
+        if self._outer is None:
+            sd["alpha"] = self._alpha
+        sd["count"] = self._count
+        sd["inner_name"] = self._inner.name
         if self._nonfinite == "rollback" or self._rollbacks:
             sd[_ROLLBACKS_KEY] = self._rollbacks
         for i, array in enumerate(slow):
@@ -403,6 +519,10 @@ class InPlaceLookahead:
                 sd[f"start_grads.{i}"] = self._export(array)
         for key, leaf in flatten_tree(_INNER_PREFIX, self._inner_state).items():
             sd[key] = self._export(leaf) if isinstance(leaf, self._array_type) else leaf
+        if self._outer is not None:
+            sd[_OUTER_NAME_KEY] = self._outer.name
+            for key, leaf in flatten_tree(_OUTER_PREFIX, self._outer_state).items():
+                sd[key] = self._export(leaf) if isinstance(leaf, self._array_type) else leaf
         if include_params:
             for i, array in enumerate(fast):
                 sd[f"params.{i}"] = self._export(array)
@@ -424,7 +544,11 @@ class InPlaceLookahead:
         and ``alpha`` from the checkpoint replace the optimizer's. When the
         ``params.<i>`` keys are present (``state_dict(include_params=True)``)
         the parameters are restored too, in place. ``rollbacks`` may be
-        absent (a 0.1.0 checkpoint): the counter is then 0.
+        absent (a 0.1.0 checkpoint): the counter is then 0. A checkpoint
+        saved with an outer optimizer loads only into an optimizer with one of
+        the same name, and one saved without only into one without (a
+        ``ValueError`` naming ``outer_name``); O's state is checked like the
+        inner one and copied into O's buffers.
 
         Args:
             state_dict: a mapping such as ``opt.state_dict()`` or ``np.load(file)``.
@@ -436,19 +560,21 @@ class InPlaceLookahead:
         self._refuse_while_swapped("load_state_dict")
         values = self._read_mapping(state_dict)
         self._check_inner_name(values)
+        self._check_outer_name(values)
         with_params = self._check_keys(values)
 
         k = as_int("k", values["k"])
-        alpha = as_float("alpha", values["alpha"])
+        alpha = None if self._outer is not None else as_float("alpha", values["alpha"])
         count = as_int("count", values["count"])
         try:
             k = lc.check_k(k)
         except (TypeError, ValueError) as exc:
             raise _reraise_for_key("k", exc) from None
-        try:
-            alpha = lc.check_alpha(alpha)
-        except (TypeError, ValueError) as exc:
-            raise _reraise_for_key("alpha", exc) from None
+        if alpha is not None:
+            try:
+                alpha = lc.check_alpha(alpha)
+            except (TypeError, ValueError) as exc:
+                raise _reraise_for_key("alpha", exc) from None
         adaptive = self._alpha_mode == "adaptive"
         if adaptive:
             mode = as_str("alpha_mode", values["alpha_mode"])
@@ -471,6 +597,10 @@ class InPlaceLookahead:
         start_grads = self._checked_arrays("start_grads", values) if adaptive else None
         params = self._checked_arrays("params", values) if with_params else None
         inner_state = self._checked_inner_state(values)
+        outer_state = None
+        if self._outer is not None:
+            outer_state = self._checked_state(
+                _OUTER_PREFIX, self._outer, self._outer_state, values)
 
         # Everything is valid (and staged): commit. Copying in place keeps the
         # buffers, and every view of them such as opt.slow, where they are.
@@ -485,22 +615,31 @@ class InPlaceLookahead:
             self._alpha_min = alpha_min
             self._last_alpha = last_alpha
         self._inner_state = inner_state
+        if outer_state is not None:
+            self._replace_outer_state(outer_state)
         self._k, self._alpha, self._count = k, alpha, count
         self._rollbacks = rollbacks
 
     def _checked_inner_state(self, values: Mapping[str, Any]) -> Any:
         """The checkpoint's inner state, checked on the host, then staged in the library's form."""
-        template = flatten_tree(_INNER_PREFIX, self._inner_state)
+        return self._checked_state(_INNER_PREFIX, self._inner, self._inner_state, values)
+
+    def _checked_state(
+        self, prefix: str, optimizer: lc.InnerOptimizer, live: Any, values: Mapping[str, Any]
+    ) -> Any:
+        """The checkpoint's inner (or outer) state, checked on the host, then staged in the
+        library's form; ``live`` is the optimizer's current state, the template."""
+        template = flatten_tree(prefix, live)
         host = {key: coerce_leaf(key, leaf, values[key], self._array_type)
                 for key, leaf in template.items()}
-        checked = unflatten_tree(_INNER_PREFIX, self._inner_state, host)
+        checked = unflatten_tree(prefix, live, host)
         try:
-            lc.check_inner_state(self._inner, checked, len(self._params), _INNER_PREFIX, values=True)
+            lc.check_inner_state(optimizer, checked, len(self._params), prefix, values=True)
         except (TypeError, ValueError) as exc:
-            raise _reraise_for_path(exc) from None
+            raise _reraise_for_path(prefix, exc) from None
         staged = {key: self._stage(value) if isinstance(template[key], self._array_type) else value
                   for key, value in host.items()}
-        return unflatten_tree(_INNER_PREFIX, self._inner_state, staged)
+        return unflatten_tree(prefix, live, staged)
 
     def _read_mapping(self, state_dict: Any) -> dict[str, Any]:
         if not isinstance(state_dict, Mapping):
@@ -525,10 +664,39 @@ class InPlaceLookahead:
                 f"optimizer is {self._inner.name!r}"
             )
 
+    def _check_outer_name(self, values: Mapping[str, Any]) -> None:
+        """With O, the checkpoint must name O; without, it must hold no outer state."""
+        if self._outer is None:
+            found = sorted(key for key in values
+                           if key == _OUTER_NAME_KEY or key.startswith(f"{_OUTER_PREFIX}."))
+            if found:
+                raise ValueError(
+                    f"state_dict[{found[0]!r}]: the checkpoint holds an outer optimizer's "
+                    "state, but this optimizer has outer=None; construct it with the outer "
+                    "optimizer the checkpoint was saved with"
+                )
+            return
+        if _OUTER_NAME_KEY not in values:
+            raise ValueError(
+                f"state_dict has no {_OUTER_NAME_KEY!r}: the checkpoint was saved without an "
+                f"outer optimizer, but this optimizer has outer={self._outer.name!r}"
+            )
+        name = as_str(_OUTER_NAME_KEY, values[_OUTER_NAME_KEY])
+        if name != self._outer.name:
+            raise ValueError(
+                f"state_dict[{_OUTER_NAME_KEY!r}] is {name!r}, but this optimizer's outer "
+                f"optimizer is {self._outer.name!r}"
+            )
+
     def _check_keys(self, values: Mapping[str, Any]) -> bool:
         """Check the key set; return whether the optional ``params.<i>`` keys are present."""
         n = len(self._params)
-        expected = {"k", "alpha", "count", "inner_name"}
+        expected = {"k", "count", "inner_name"}
+        if self._outer is None:
+            expected.add("alpha")
+        else:
+            expected.add(_OUTER_NAME_KEY)
+            expected.update(flatten_tree(_OUTER_PREFIX, self._outer_state))
         expected.update(f"slow.{i}" for i in range(n))
         if self._alpha_mode == "adaptive":
             expected.update({"alpha_mode", "alpha_min", "last_alpha"})
@@ -576,14 +744,14 @@ def _check_rollbacks(value: Any) -> int:
     return count
 
 
-def _reraise_for_path(exc: TypeError | ValueError) -> TypeError | ValueError:
+def _reraise_for_path(prefix: str, exc: TypeError | ValueError) -> TypeError | ValueError:
     """The core's ``inner.exp_avg_sq.3 must ...`` as ``state_dict['inner.exp_avg_sq.3'] must ...``.
 
     `lookahead_core.check_inner_state` names a field's arrays ``name.field.i``,
-    which with the name ``inner`` are the checkpoint's own keys.
+    which with the name ``inner`` (``outer``) are the checkpoint's own keys.
     """
     path, _, rest = str(exc).partition(" ")
-    if path.startswith(_INNER_PREFIX):
+    if path.startswith(prefix):
         return type(exc)(f"state_dict[{path!r}] {rest}")
     return type(exc)(f"state_dict: {exc}")
 

@@ -10,6 +10,7 @@ import numpy as np
 import lookahead_core as lc
 
 from lookahead_inplace import InPlaceLookahead
+from lookahead_inplace.outer import buffer_fields
 
 from . import blocks
 from ._checks import check_block_bytes, check_params
@@ -57,6 +58,19 @@ class Lookahead(InPlaceLookahead):
             serves the estimate and the sync. Costs one parameter-sized buffer
             (∇L(θ_{t,0})) and one gradient evaluation per cycle. See the Theory page.
         alpha_min: lower end of the adaptive range, in [0, 1] (default 0.1).
+        outer: ``None`` (default: the sync above) or an outer optimizer O,
+            an `lookahead_core.InnerOptimizer` such as
+            ``lookahead_core.sgd(lr=0.7, momentum=0.9, nesterov=True)`` (the
+            SNOO/DiLoCo outer loop): each sync is then O's step on the
+            pseudo-gradient Δ = φ − θ, ``φ ← φ + O.update(Δ, state, φ)``,
+            ``θ ← φ``, exactly as `lookahead_core.lookahead(inner, k,
+            outer=O)`. Not with ``alpha`` (``TypeError``) nor
+            ``alpha_mode="adaptive"`` (``ValueError``). For the core's
+            ``sgd``, ``adam`` and ``adamw`` the step runs in place in the
+            sync's blocks and allocates nothing; their buffers (one
+            parameter-sized array per parameter for SGD with momentum, two
+            for Adam, three with amsgrad) are allocated here. Any other
+            optimizer runs through its own ``update``, which allocates.
         nonfinite: ``None`` (default, the paper) or ``"rollback"``, as in the
             PyTorch adapter: at a sync (the k-th step, or `sync`), if the
             parameters or the inner state hold inf or NaN, the parameters are
@@ -92,16 +106,18 @@ class Lookahead(InPlaceLookahead):
         params: Sequence[np.ndarray],
         inner: lc.InnerOptimizer,
         k: int = 5,
-        alpha: float = 0.5,
+        alpha: float = lc.DEFAULT_ALPHA,
         *,
+        outer: lc.InnerOptimizer | None = None,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
         nonfinite: str | None = None,
         block_bytes: int = blocks.DEFAULT_BLOCK_BYTES,
     ) -> None:
         self._pairs: tuple[blocks.BlockPair, ...] = ()
+        self._outer_works: tuple[tuple[np.ndarray, ...], ...] = ()
         super().__init__(
-            params, inner, k, alpha, alpha_mode=alpha_mode, alpha_min=alpha_min,
+            params, inner, k, alpha, outer=outer, alpha_mode=alpha_mode, alpha_min=alpha_min,
             nonfinite=nonfinite, block_bytes=block_bytes,
         )
 
@@ -135,6 +151,27 @@ class Lookahead(InPlaceLookahead):
         for pair in self._pairs:
             blocks.swap(pair)
 
+    def _setup_outer(self, state: Any) -> Any:
+        if self._outer_plan is None:
+            return state
+        # The buffers, laid out like φ so that the blocks walk them together.
+        fields = buffer_fields(self._outer_plan)
+        columns: list[list[np.ndarray]] = [[] for _ in fields]
+        works = []
+        for i, (param, pair) in enumerate(zip(self._params, self._pairs)):
+            kept, work = blocks.align_outer_buffers(
+                param, pair, tuple(getattr(state, field)[i] for field in fields))
+            for column, buffer in zip(columns, kept):
+                column.append(buffer)
+            works.append(work)
+        self._outer_works = tuple(works)
+        return state._replace(**{field: tuple(column) for field, column in zip(fields, columns)})
+
+    def _outer_step(self, plan: Any, scalars: Any, buffers: Any) -> None:
+        # The work views of `_setup_outer` view these buffers: they are updated in place.
+        for pair, works in zip(self._pairs, self._outer_works):
+            blocks.outer_step(pair, works, plan, scalars)
+
     def _public_views(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
         views = []
         for array in arrays:
@@ -151,3 +188,4 @@ class Lookahead(InPlaceLookahead):
 
     def _assign(self, target: np.ndarray, staged: np.ndarray) -> None:
         np.copyto(target, staged)
+

@@ -34,6 +34,13 @@ There, each θ block is first copied into a second, contiguous scratch block
 and the arithmetic runs on contiguous operands only: a NumPy ufunc with a
 non-contiguous n-d operand allocates an iterator buffer (64 KiB),
 ``np.copyto`` does not.
+
+Outer optimizer. With ``outer=`` the sync is the outer optimizer's step on
+Δ = φ − θ (`outer_step`), walked in the same blocks: Δ is written over the θ
+block (the step ends with θ ← φ, so θ is free), the scratch block holds the
+step's one temporary, and the outer optimizer's buffers (momentum, or Adam's
+m and v) are laid out like φ (`align_outer_buffers`), so they are walked with
+it. No array memory is allocated.
 """
 
 from __future__ import annotations
@@ -45,10 +52,13 @@ from typing import NamedTuple
 import numpy as np
 
 from lookahead_inplace import lerp_weights, memory_order
+from lookahead_inplace.outer import AdamPlan, AdamScalars, SGDPlan, SGDScalars
 
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
     "BlockPair",
+    "align_outer_buffers",
+    "outer_step",
     "lerp_and_reset",
     "lerp_and_reset_scratch",
     "make_pairs",
@@ -302,3 +312,138 @@ def swap(pair: BlockPair) -> None:
         np.copyto(held, fast)
         np.copyto(fast, slow)
         np.copyto(slow, held)
+
+
+# --- the outer optimizer's step --------------------------------------------------------------
+
+
+def align_outer_buffers(
+    param: np.ndarray, pair: BlockPair, buffers: tuple[np.ndarray, ...]
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Lay the outer optimizer's buffers of one parameter out like its slow buffer.
+
+    ``buffers`` are what ``outer.init`` allocated on φ (``zeros_like``, which
+    keeps φ's memory order); one that is laid out otherwise is replaced by a
+    copy that is.
+
+    Returns:
+        ``(buffers, works)``: the buffers (the given ones, or aligned copies)
+        and their work views, element for element like ``pair.slow``.
+    """
+    order = memory_order(param.view(np.ndarray).strides)
+    kept, works = [], []
+    for buffer in buffers:
+        work = buffer.transpose(order)
+        if not work.flags.c_contiguous:
+            aligned = np.empty(work.shape, buffer.dtype)
+            np.copyto(aligned, work)
+            work = aligned
+            buffer = aligned.transpose(np.argsort(order))
+        kept.append(buffer)
+        works.append(work.reshape(-1) if pair.slow.ndim == 1 else work)
+    return tuple(kept), tuple(works)
+
+
+def outer_step(
+    pair: BlockPair,
+    works: tuple[np.ndarray, ...],
+    plan: SGDPlan | AdamPlan,
+    scalars: SGDScalars | AdamScalars,
+) -> None:
+    """The outer step on one parameter, in place: Δ = φ − θ, O's update, ``θ ← φ``.
+
+    The array operations of `lookahead_core.sgd` or `lookahead_core.adam`'s
+    ``update`` followed by `lookahead_core.outer_sync`'s ``φ + delta``, in the
+    core's order, each one a ufunc with ``out=`` (Python-float scalars, so
+    every operation runs in the parameter's dtype, as in the core): the result
+    equals the core's bit for bit. ``works`` are the outer buffers' work views
+    (`align_outer_buffers`). Floating-point warnings are off: inf and NaN
+    propagate as in the core, and nothing raises halfway through a sync.
+    """
+    arrays = (pair.fast, pair.slow) + works
+    with np.errstate(all="ignore"):
+        for fast, slow, *buffers in _blocks_of(arrays, pair.block):
+            tmp = pair.scratch[: fast.size].reshape(fast.shape)
+            grad = fast
+            if pair.fast_copy is not None:
+                grad = pair.fast_copy[: fast.size].reshape(fast.shape)
+                np.copyto(grad, fast)
+            np.subtract(slow, grad, out=grad)  # Δ = φ − θ, over θ (or its contiguous copy)
+            if isinstance(plan, SGDPlan):
+                _sgd_block(grad, slow, buffers, tmp, plan, scalars)
+            else:
+                _adam_block(grad, slow, buffers, tmp, plan, scalars)
+            np.add(slow, grad, out=slow)  # φ ← φ + delta
+            np.copyto(fast, slow)  # θ ← φ
+
+
+def _sgd_block(grad, phi, buffers, tmp, plan: SGDPlan, scalars: SGDScalars) -> None:
+    """``grad`` ← delta of `lookahead_core.sgd` (``grad`` holds Δ; ``tmp`` is scratch)."""
+    if scalars.weight_decay != 0.0:
+        np.multiply(phi, scalars.weight_decay, out=tmp)
+        np.add(grad, tmp, out=grad)  # g + wd·φ
+    direction = grad
+    if plan.momentum > 0.0:
+        (buffer,) = buffers
+        if scalars.first:
+            np.copyto(buffer, grad)
+        else:
+            np.multiply(buffer, scalars.momentum, out=buffer)
+            np.multiply(grad, scalars.one_minus_dampening, out=tmp)
+            np.add(buffer, tmp, out=buffer)  # μ·b + (1 − dampening)·g
+        if plan.nesterov:
+            np.multiply(buffer, scalars.momentum, out=tmp)
+            np.add(grad, tmp, out=grad)  # g + μ·b
+        else:
+            direction = buffer
+    np.multiply(direction, scalars.neg_lr, out=grad)  # −lr·d
+
+
+def _adam_block(grad, phi, buffers, tmp, plan: AdamPlan, scalars: AdamScalars) -> None:
+    """``grad`` ← delta of `lookahead_core.adam`/`adamw` (``grad`` holds Δ; ``tmp`` is scratch)."""
+    if scalars.l2 != 0.0:
+        np.multiply(phi, scalars.l2, out=tmp)
+        np.add(grad, tmp, out=grad)  # g + wd·φ
+    m, v = buffers[0], buffers[1]
+    np.subtract(grad, m, out=tmp)  # m ← lerp(m, g, 1 − β₁), the two-sided formula
+    np.multiply(tmp, scalars.m_weight, out=tmp)
+    if scalars.m_low:
+        np.add(m, tmp, out=m)
+    else:
+        np.subtract(grad, tmp, out=m)
+    np.multiply(v, scalars.beta2, out=v)  # v ← β₂·v + ((1 − β₂)·g)·g
+    np.multiply(grad, scalars.one_minus_beta2, out=tmp)
+    np.multiply(tmp, grad, out=tmp)
+    np.add(v, tmp, out=v)
+    if plan.amsgrad:
+        np.maximum(buffers[2], v, out=buffers[2])
+        v = buffers[2]
+    np.sqrt(v, out=tmp)  # denom = √v / √(1 − β₂ˢ) + ε
+    np.divide(tmp, scalars.bias_correction2_sqrt, out=tmp)
+    np.add(tmp, scalars.eps, out=tmp)
+    np.multiply(m, scalars.neg_step_size, out=grad)  # (−lr/(1 − β₁ˢ))·m / denom
+    np.divide(grad, tmp, out=grad)
+    if scalars.decay is not None:
+        np.multiply(phi, scalars.decay, out=tmp)
+        np.subtract(grad, tmp, out=grad)  # − (lr·wd)·φ
+
+
+def _blocks_of(arrays: tuple[np.ndarray, ...], block: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """`_blocks` for any number of arrays of one shape: matching views of at most ``block``."""
+    first = arrays[0]
+    if first.size <= block:
+        yield arrays
+        return
+    if first.ndim == 1:
+        for start in range(0, first.size, block):
+            yield tuple(a[start : start + block] for a in arrays)
+        return
+    rows = first.shape[0]
+    row_size = first.size // rows
+    if row_size <= block:
+        step = block // row_size
+        for start in range(0, rows, step):
+            yield tuple(a[start : start + step] for a in arrays)
+    else:
+        for row in range(rows):
+            yield from _blocks_of(tuple(a[row] for a in arrays), block)
