@@ -32,7 +32,7 @@ import torch
 
 import lookahead_core as lc
 
-from . import _distributed
+from . import _distributed, _outer
 from ._checks import check_fallback, check_group_settings, group_alpha, group_k, renamed
 from ._groups import SLOW_BUFFER, buffer_dtype
 from ._inner_checks import (
@@ -86,6 +86,8 @@ def pack_state_dict(opt: Lookahead) -> dict[str, Any]:
                 entry[key] = current[g][i] if key == SLOW_BUFFER else buffers[i]
             state[index] = entry
         packed_groups.append(packed)
+    if opt._outer is not None:
+        opt._outer.pack(opt._slots, packed_groups, state)
     return {"state": state, "param_groups": packed_groups}
 
 
@@ -108,6 +110,7 @@ class LoadPlan:
     groups: list[GroupLoad]
     alpha_min: float
     defaults: tuple[int, float] | None  # the 0.1.0 section's k and α
+    outer: _outer.OuterLoad | None = None
 
 
 def plan_load(opt: Lookahead, sd: Mapping[str, Any]) -> LoadPlan:
@@ -138,6 +141,7 @@ def plan_load(opt: Lookahead, sd: Mapping[str, Any]) -> LoadPlan:
     plain = section is None and not any(COUNT_KEY in saved for saved in saved_groups)
     if plain:
         _refuse_stripped_lookahead_groups(saved_groups)
+    placeholder = _outer.check_outer_kind(opt._outer, saved_groups, saved_state, plain)
 
     index_of: dict[Any, tuple[int, int]] = {}
     inner_groups, loads, alpha_mins = [], [], []
@@ -182,11 +186,14 @@ def plan_load(opt: Lookahead, sd: Mapping[str, Any]) -> LoadPlan:
         if inner_entry:
             inner_state[pid] = inner_entry
     _rehearse_inner_load(opt, inner_groups, inner_state, index_of)
+    outer = _outer.plan_outer_load(opt._outer, opt._slots, saved_groups, saved_state, index_of, plain,
+                                   placeholder)
 
     _allocate_targets(opt, loads)
     alpha_min = alpha_mins[0] if alpha_mins else opt._alpha_policy.alpha_min
     defaults = None if section is None else (section["k"], section["alpha"])
-    return LoadPlan({"state": inner_state, "param_groups": inner_groups}, loads, alpha_min, defaults)
+    return LoadPlan({"state": inner_state, "param_groups": inner_groups}, loads, alpha_min, defaults,
+                    outer)
 
 
 def _rehearse_inner_load(
@@ -225,10 +232,17 @@ def _plan_group(
         default_k, default_alpha = section["k"], section["alpha"]
     else:
         default_k, default_alpha = opt._k, opt._alpha
+    if opt._outer is not None and "lookahead_alpha" in saved:
+        raise ValueError(
+            f"{where} has 'lookahead_alpha', but this optimizer has an outer optimizer (no alpha)"
+        )
     k, alpha = check_group_settings(where, saved, default_k, default_alpha)
     check_inner_class(where, saved, opt._inner)
-    inner_group = {key: value for key, value in saved.items() if key not in _GROUP_SCALARS}
-    inner_group["lookahead_k"], inner_group["lookahead_alpha"] = k, alpha
+    inner_group = {key: value for key, value in saved.items()
+                   if key not in _GROUP_SCALARS and not _outer.is_outer_key(key)}
+    inner_group["lookahead_k"] = k
+    if opt._outer is None:
+        inner_group["lookahead_alpha"] = alpha
     buffers: dict[str, list[Any]] = {key: [] for key in opt._slots[g].buffers}
     if plain:
         policy.check_group_alpha(f"{where}['lookahead_alpha']", alpha)
@@ -388,8 +402,8 @@ def _checked_inner_entry(
     live = inner_state.get(param, {}) if param in inner_state else {}
     out: dict[str, Any] = {}
     for key, value in entry.items():
-        if key in _BUFFER_KEYS:
-            continue
+        if key in _BUFFER_KEYS or _outer.is_outer_key(key):
+            continue  # Lookahead's own (the outer state: `_outer.plan_outer_load`)
         check_state_value(where, key, value)
         if isinstance(value, torch.Tensor):
             template = live.get(key)

@@ -24,6 +24,8 @@ backends never use ``slow_dtype``), ``aliases`` and ``device``.
 
 from __future__ import annotations
 
+import functools
+
 import io
 from collections.abc import Sequence
 from typing import Any
@@ -41,10 +43,18 @@ def _inner_class(name: str) -> Any:
     return {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
 
 
+def _hyperparams(spec: Any) -> dict[str, Any]:
+    hyperparams = dict(spec.hyperparams)
+    if "betas" in hyperparams:
+        hyperparams["betas"] = tuple(hyperparams["betas"])
+    return hyperparams
+
+
 class TorchRunner:
     """One `Lookahead` over ``torch.nn.Parameter``s made from NumPy arrays, on one device."""
 
-    def __init__(self, device: Any, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float):
+    def __init__(self, device: Any, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float,
+                 outer: Any = None):
         import torch
 
         from ._optimizer import Lookahead
@@ -55,10 +65,14 @@ class TorchRunner:
         self._params = [
             torch.nn.Parameter(torch.from_numpy(np.array(p, copy=True)).to(device)) for p in params
         ]
-        hyperparams = dict(inner.hyperparams)
-        if "betas" in hyperparams:
-            hyperparams["betas"] = tuple(hyperparams["betas"])
-        self._opt = Lookahead(_inner_class(inner.name)(self._params, **hyperparams), k=k, alpha=alpha)
+        inner_optimizer = _inner_class(inner.name)(self._params, **_hyperparams(inner))
+        if outer is None:
+            self._opt = Lookahead(inner_optimizer, k=k, alpha=alpha)
+        else:
+            if outer.name not in _INNER_NAMES:
+                raise ValueError(f"outer.name must be one of {list(_INNER_NAMES)}, got {outer.name!r}")
+            self._opt = Lookahead(inner_optimizer, k=k, outer=functools.partial(
+                _inner_class(outer.name), **_hyperparams(outer)))
 
     @property
     def optimizer(self) -> Any:
@@ -202,6 +216,10 @@ class TorchBackend:
 
     def create(self, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float) -> TorchRunner:
         return TorchRunner(self._torch_device(), params, inner, k, alpha)
+
+    def create_outer(self, params: Sequence[np.ndarray], inner: Any, k: int, outer: Any) -> TorchRunner:
+        """`Lookahead` with ``outer=functools.partial(<torch.optim class>, **outer.hyperparams)``."""
+        return TorchRunner(self._torch_device(), params, inner, k, 0.5, outer=outer)
 
 
 cpu_backend = TorchBackend("torch", "cpu")

@@ -86,6 +86,7 @@ __all__ = [
     "lerp_and_copy_blocked",
     "make_scratch",
     "overflow_margin",
+    "pseudo_gradients_",
     "scratch_elements",
     "scratch_key",
     "swap_",
@@ -513,6 +514,50 @@ def _repair_overflow_(slow: torch.Tensor, old: torch.Tensor, theta: torch.Tensor
     if bool(overflowed.any()):
         halves = old[overflowed] * 0.5, theta[overflowed] * 0.5
         slow[overflowed] = torch.lerp(*halves, alpha) * 2.0
+
+
+@torch.no_grad()
+def pseudo_gradients_(fast: Tensors, slow: Tensors) -> list[torch.Tensor]:
+    """The outer optimizer's gradients Δ = φ − θ, one per pair, in each slow tensor's dtype.
+
+    A same-dtype pair gets Δ in θ's own memory (``θ ← −θ``, then ``θ ← θ + φ``:
+    the bits of ``φ − θ``, signed zeros included) and the returned tensor is
+    ``fast[i]`` itself: θ is overwritten by φ after the outer step, so the
+    sync allocates nothing. A pair whose slow copy is wider (``slow_dtype``)
+    gets a new tensor of the slow dtype (θ upcast exactly, one rounding).
+    DTensors are computed on their local shards; the result is laid out like
+    the slow tensor.
+
+    Args:
+        fast: θ, the parameters (detached; DTensors allowed), overwritten for same-dtype pairs.
+        slow: φ, one per fast tensor.
+    """
+    out: list[torch.Tensor] = []
+    same_fast: list[torch.Tensor] = []
+    same_slow: list[torch.Tensor] = []
+    for f, s in zip(fast, slow):
+        if f.dtype == s.dtype:
+            out.append(f)
+            local_f, local_s = _local(f), _local(s)
+            if local_f.numel() > 0:
+                same_fast.append(local_f)
+                same_slow.append(local_s)
+        else:
+            out.append(torch.sub(s, f))  # promotes θ to the slow dtype exactly
+    buckets: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for f, s in zip(same_fast, same_slow):
+        fs, ss = buckets.setdefault((f.device, f.dtype), ([], []))
+        fs.append(f)
+        ss.append(s)
+    for fs, ss in buckets.values():
+        torch._foreach_neg_(fs)
+        torch._foreach_add_(fs, ss)
+    return out
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (a view), or ``t``."""
+    return t._local_tensor if hasattr(t, "_local_tensor") and hasattr(t, "device_mesh") else t
 
 
 @torch.no_grad()

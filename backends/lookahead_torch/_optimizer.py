@@ -8,6 +8,7 @@ checkpoint entry points. The rest lives by concern:
 - `._policies`: the options as strategy objects (what a sync does to the
   inner state; where a sync's α comes from);
 - `._checkpoint`: the checkpoint format and its all-or-nothing load;
+- `._outer`: the outer optimizer (``outer=``), its sync and its part of the checkpoint;
 - `._kernels`: every tensor operation of the sync and the swap;
 - `._distributed`: DTensor, ZeroRedundancyOptimizer and checkpoint-helper specifics;
 - `._checks`: argument checks.
@@ -25,7 +26,7 @@ import torch
 
 import lookahead_core as lc
 
-from . import _checkpoint, _distributed, _groups, _kernels
+from . import _checkpoint, _distributed, _groups, _kernels, _outer
 from ._checks import (
     check_group_settings,
     check_nonfinite,
@@ -96,6 +97,21 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         alpha: slow weights step size, a finite real in [0, 1]; the default of
             every group. ``alpha = 1`` is the inner optimizer alone, ``alpha = 0``
             resets the parameters to φ₀ every k steps.
+        outer: ``None`` (Algorithm 1's sync, the lerp with α), or a callable
+            that builds a ``torch.optim.Optimizer`` from a list of param
+            groups, e.g. ``functools.partial(torch.optim.SGD, lr=0.7,
+            momentum=0.9, nesterov=True)`` (DiLoCo's outer step; SNOO's is
+            the same with momentum ≈ 0.5). Lookahead builds this outer
+            optimizer O over the slow weights, one param group per inner
+            group in the same order (`outer_optimizer`), and each sync of a
+            group is O's step on the pseudo-gradient Δ = φ − θ_{t,k}
+            (written into φ.grad in the slow dtype), then θ ← φ. Outer SGD
+            with ``lr=α`` and no momentum is Algorithm 1's sync up to
+            rounding. ``alpha`` (and a group's ``lookahead_alpha``) cannot
+            be given with ``outer`` (``TypeError``), nor
+            ``alpha_mode="adaptive"`` or ``pullback="pullback"``
+            (``ValueError``). O's state (e.g. its momentum, one slow-sized
+            buffer per parameter) is checkpointed with Lookahead's.
         pullback: what a sync does to the inner optimizer's momentum:
             ``"none"`` (the paper), ``"reset"`` (zeroed) or ``"pullback"``
             (interpolated like the weights). Mapped for SGD
@@ -145,8 +161,9 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self,
         optimizer: torch.optim.Optimizer,
         k: int = 5,
-        alpha: float = 0.5,
+        alpha: float = lc.DEFAULT_ALPHA,
         *,
+        outer: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None,
         pullback: str = "none",
         reset_inner_state: bool = False,
         slow_dtype: torch.dtype | None = None,
@@ -169,8 +186,16 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
                 "optimizer is already a Lookahead; wrap its inner optimizer (.optimizer) instead"
             )
         k = lc.check_k(k)
+        _outer.check_outer_factory(outer)
+        lc.check_alpha_or_outer(alpha, outer is not None, alpha_mode)
         alpha, alpha_mode, alpha_min = lc.check_alpha_mode(alpha, alpha_mode, alpha_min)
         pullback = check_pullback(pullback)
+        if outer is not None and pullback == "pullback":
+            raise ValueError(
+                "pullback='pullback' interpolates the inner momentum with alpha, which an outer "
+                "optimizer does not have; with outer use pullback='none', pullback='reset' or "
+                "reset_inner_state=True"
+            )
         if not isinstance(reset_inner_state, bool):
             raise TypeError(
                 f"reset_inner_state must be a bool, got {type(reset_inner_state).__name__}"
@@ -182,6 +207,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         policy = alpha_policy(alpha_mode, alpha_min)
         for g, group in enumerate(optimizer.param_groups):
             _groups.check_group(f"optimizer.param_groups[{g}]", group, k, alpha, policy)
+            if outer is not None:
+                _refuse_group_alpha(f"optimizer.param_groups[{g}]", group)
         _groups.check_no_overlap(_named_params(optimizer.param_groups, "optimizer.param_groups"))
 
         # Plain attributes first: the property setters and add_param_group that
@@ -193,15 +220,29 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._alpha_policy = policy
         self._slow_dtype = slow_dtype
         self._nonfinite = nonfinite
+        self._outer: _outer.Outer | None = None
+        self._with_outer = outer is not None  # before the outer optimizer exists
         self._slots: list[GroupState] = []
         self._scratch: dict[_kernels.ScratchKey, torch.Tensor] = {}
         self._swapped: tuple[list[torch.Tensor], list[torch.Tensor], list[Any]] | None = None
         self._constructing = True
+        had_k = ["lookahead_k" in group for group in optimizer.param_groups]
+        had_alpha = ["lookahead_alpha" in group for group in optimizer.param_groups]
         try:
             # Optimizer.__init__ sets defaults/state/param_groups (the setters keep
             # the inner's) and hands each of the inner's groups to add_param_group,
             # which adopts it: slow copies are created there, eagerly.
             super().__init__(optimizer.param_groups, optimizer.defaults)
+            if outer is not None:
+                self._outer = _outer.build_outer(outer, self._slots)
+        except BaseException:
+            # Leave the inner optimizer's groups as they were.
+            for group, k_before, alpha_before in zip(optimizer.param_groups, had_k, had_alpha):
+                if not k_before:
+                    group.pop("lookahead_k", None)
+                if not alpha_before:
+                    group.pop("lookahead_alpha", None)
+            raise
         finally:
             self._constructing = False
         self._refresh_scratch()
@@ -251,9 +292,21 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         return self._k
 
     @property
-    def alpha(self) -> float:
-        """Default slow step size α (a group's ``lookahead_alpha`` overrides it)."""
-        return self._alpha
+    def alpha(self) -> float | None:
+        """Default slow step size α (a group's ``lookahead_alpha`` overrides it); ``None`` with ``outer``."""
+        return None if self._with_outer else self._alpha
+
+    @property
+    def outer_optimizer(self) -> torch.optim.Optimizer | None:
+        """The outer optimizer built by ``outer=`` over the slow weights (``None`` without one).
+
+        One param group per inner param group, in the same order, holding the
+        group's slow weights φ. Attach a learning-rate scheduler to it to
+        drive the outer learning rate, e.g.
+        ``torch.optim.lr_scheduler.StepLR(opt.outer_optimizer, step_size=10)``;
+        its ``step()`` runs at each sync (not at every `step`).
+        """
+        return None if self._outer is None else self._outer.optimizer
 
     @property
     def pullback(self) -> str:
@@ -298,11 +351,17 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
     def __repr__(self) -> str:
         inner = repr(self._inner).replace("\n", "\n  ")
         return (
-            f"Lookahead(k={self._k}, alpha={self._alpha}, pullback={self.pullback!r}, "
+            f"Lookahead(k={self._k}, {self._alpha_or_outer_repr()}, pullback={self.pullback!r}, "
             f"reset_inner_state={self._inner_policy.reset_inner_state}, slow_dtype={self._slow_dtype}, "
             f"nonfinite={self._nonfinite!r}, {self._alpha_policy.repr_fields(self._slots)}"
             f"counts={list(self.counts)},\n  inner={inner})"
         )
+
+    def _alpha_or_outer_repr(self) -> str:
+        if self._outer is None:
+            return f"alpha={self._alpha}"
+        lrs = [group.get("lr") for group in self._outer.optimizer.param_groups]
+        return f"outer={type(self._outer.optimizer).__name__}(lr={lrs})"
 
     # -- param groups ---------------------------------------------------------------------
 
@@ -328,6 +387,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._refuse_while_swapped("add_param_group")
         where = "param_group"
         check_group_settings(where, param_group, self._k, self._alpha)
+        if self._with_outer:
+            _refuse_group_alpha(where, param_group)
         self._inner.add_param_group(param_group)
         added = self._inner.param_groups[-1]
         try:
@@ -341,12 +402,15 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
     def _adopt_group(self, group: dict[str, Any]) -> None:
         """Give ``group`` its Lookahead settings and slow copies (φ₀ = θ now)."""
         group.setdefault("lookahead_k", self._k)
-        group.setdefault("lookahead_alpha", self._alpha)
+        if not self._with_outer:  # with an outer optimizer there is no α
+            group.setdefault("lookahead_alpha", self._alpha)
         keys = [policy.buffer_key for policy in (self._inner_policy, self._alpha_policy)]
         self._slots.append(
             _groups.new_group_state(group["params"], [key for key in keys if key], self._slow_dtype)
         )
         if not self._constructing:  # the constructor makes it once, for all groups
+            if self._outer is not None:
+                self._outer.add_group(self._slots[-1])
             self._refresh_scratch()
 
     def _refresh_scratch(self) -> None:
@@ -371,12 +435,17 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             if params is state.params:
                 continue
             if len(params) != len(state.params) or any(a is not b for a, b in zip(params, state.params)):
+                old_slow = list(state.slow)
                 _groups.adopt_replaced_params(g, state, params, self._slow_dtype, self._alpha_policy)
+                if self._outer is not None:
+                    self._outer.replace_slow(g, old_slow, state.slow)
                 self._refresh_scratch()
             state.params = params
         for g in range(len(self._slots), len(groups)):
             # Added with inner.add_param_group: no step has touched it yet, so φ₀ = θ now.
             _groups.check_group(f"param_groups[{g}]", groups[g], self._k, self._alpha, self._alpha_policy)
+            if self._outer is not None:
+                _refuse_group_alpha(f"param_groups[{g}]", groups[g])
             _groups.check_no_overlap(_named_params(groups[: g + 1]))
             self._adopt_group(groups[g])
 
@@ -390,6 +459,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             # (and a NumPy or tensor scalar becomes a Python number).
             if type(k) is not int or k < 1:
                 k = group_k(f"param_groups[{g}]", group, self._k)
+            if self._outer is not None:
+                _refuse_group_alpha(f"param_groups[{g}]", group)
+                schedule.append((k, self._alpha))
+                continue
             if type(alpha) is not float or not 0.0 <= alpha <= 1.0:
                 alpha = group_alpha(f"param_groups[{g}]", group, self._alpha)
             self._alpha_policy.check_group_alpha(f"param_groups[{g}]['lookahead_alpha']", alpha)
@@ -436,6 +509,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._check_structure()
         if _distributed.is_state_initialization(self._inner):
             # No weight can move: let the inner optimizer create its state, count nothing.
+            if self._outer is not None:  # and the outer optimizer a template of its own
+                self._outer.init_placeholders(self._slots)
             return inner_step(self._inner, closure)
         schedule = self._schedule()
         mode = self._alpha_policy.mode
@@ -492,7 +567,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._inner.zero_grad(set_to_none=set_to_none)
 
     def sync(self) -> None:
-        """The outer update of every group now (``φ ← lerp(φ, θ, α)``, ``θ ← φ``).
+        """The outer update of every group now (``φ ← lerp(φ, θ, α)``, ``θ ← φ``; with ``outer``, its step).
 
         Whatever the position in the cycle; every group's cycle restarts, with
         its fixed ``lookahead_alpha`` (also in adaptive mode). ``pullback``,
@@ -518,6 +593,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         """
         if self._nonfinite == "rollback":
             due = [g for g in due if not self._rolled_back(g)]
+        if self._outer is not None:
+            return self._outer_sync(due)
         by_alpha: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for g in due:
             # DTensor pairs are sharded alike: the elementwise sync runs on the local
@@ -532,6 +609,18 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         )
         for g in due:
             self._slots[g].count = 0
+        return due
+
+    def _outer_sync(self, due: list[int]) -> list[int]:
+        """The sync of groups ``due`` as the outer optimizer's step (see `_outer.Outer.sync_`)."""
+        if due:
+            try:
+                self._outer.sync_([(g, self._slots[g]) for g in due])  # type: ignore[union-attr]
+            finally:
+                for g in due:  # also when the outer step raised: the cycle restarts from φ
+                    self._slots[g].count = 0
+            self._inner_policy.after_sync(self._inner, [(self._slots[g], self._alpha) for g in due],
+                                          self._scratch)
         return due
 
     def _rolled_back(self, g: int) -> bool:
@@ -584,6 +673,13 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
           pending) and ``"lookahead_rollbacks"``; in adaptive mode also
           ``"lookahead_last_alpha"`` (a float or ``None``) and
           ``"lookahead_alpha_min"``.
+
+        With ``outer``, ``state[i]`` also holds the outer optimizer's state of
+        parameter i as ``"lookahead_outer_<key>"`` (e.g.
+        ``"lookahead_outer_momentum_buffer"``), and ``param_groups[g]`` its
+        group's hyperparameters as ``"lookahead_outer_<key>"`` (e.g.
+        ``"lookahead_outer_lr"``), its class as ``"lookahead_outer"`` and
+        ``"lookahead_outer_placeholder"``; there is no ``"lookahead_alpha"``.
 
         There is nothing else, so whatever carries an optimizer's ``state``
         and ``param_groups`` carries Lookahead: ``torch.distributed.checkpoint``'s
@@ -639,6 +735,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         plan = _checkpoint.plan_load(self, state_dict)
         with load_all_or_nothing(self._inner):  # a failure after torch installed the state
             self._inner.load_state_dict(plan.inner)
+            if plan.outer is not None:
+                _outer.commit_outer_load(self._outer, plan.outer, self._slots)  # type: ignore[arg-type]
         _checkpoint.commit_load(self, plan)
         self._refresh_scratch()
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
@@ -662,6 +760,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             "slow_dtype": self._slow_dtype,
             "nonfinite": self._nonfinite,
             "slots": self._slots,
+            "outer": self._outer,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -674,6 +773,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._slow_dtype = state["slow_dtype"]
         self._nonfinite = state["nonfinite"]
         self._slots = state["slots"]
+        self._outer = state.get("outer")
+        self._with_outer = self._outer is not None
         self._swapped = None
         self._refresh_scratch()
         # torch's own: empty hook registries (hooks are not pickled) and the step wrapper.
@@ -688,7 +789,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         The upcast scratch of ``slow_dtype`` (bounded, holding nothing between
         syncs) is workspace: see `_workspace_tensors`.
         """
-        return [t for state in self._slots for buffers in state.buffers.values() for t in buffers]
+        tensors = [t for state in self._slots for buffers in state.buffers.values() for t in buffers]
+        return tensors + (self._outer.tensors() if self._outer is not None else [])
 
     def _workspace_tensors(self) -> list[torch.Tensor]:
         """The upcast scratch buffers of the ``slow_dtype`` sync (bounded size)."""
@@ -698,3 +800,13 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
 def _named_params(groups: list[dict[str, Any]], prefix: str = "param_groups") -> list[tuple[str, torch.Tensor]]:
     return [(f"{prefix}[{g}]['params'][{i}]", p) for g, group in enumerate(groups)
             for i, p in enumerate(group["params"])]
+
+
+def _refuse_group_alpha(where: str, group: Any) -> None:
+    """With an outer optimizer a param group has no α: its ``lookahead_alpha`` is refused."""
+    if isinstance(group, Mapping) and "lookahead_alpha" in group:
+        raise TypeError(
+            f"{where}['lookahead_alpha'] cannot be set with outer: the sync is the outer "
+            "optimizer's step, and its learning rate plays alpha's role (set it in "
+            "opt.outer_optimizer.param_groups)"
+        )
