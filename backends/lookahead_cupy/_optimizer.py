@@ -23,6 +23,7 @@ from ._kernels import (
     multi_tensor_functions,
 )
 from ._layout import GroupPlan, TensorInfo, chunk_starts, plan_layout
+from ._outer_kernels import outer_kernel, outer_scalar_values, outer_variant
 
 __all__ = ["Lookahead"]
 
@@ -131,6 +132,16 @@ class Lookahead(InPlaceLookahead):
             back once each, two device-to-host copies per parameter per cycle.
             Costs one parameter-sized buffer (∇L(θ_{t,0})).
         alpha_min: lower end of the adaptive range, in [0, 1] (default 0.1).
+        outer: ``None`` (default) or an outer optimizer O such as
+            ``lookahead_core.sgd(lr=0.7, momentum=0.9, nesterov=True)``: each
+            sync is O's step on Δ = φ − θ, as in `lookahead_numpy.Lookahead`
+            (not with ``alpha`` nor adaptive mode). For the core's ``sgd``,
+            ``adam`` and ``adamw`` it is one fused elementwise kernel launch
+            per parameter that reads θ, φ and O's buffers once and writes
+            them once, allocating nothing; the buffers (one parameter-sized
+            array per parameter for SGD with momentum, two for Adam, three
+            with amsgrad) are allocated here, on the parameters' device. Any
+            other optimizer runs through its own ``update`` (which allocates).
         nonfinite: ``None`` (default, the paper) or ``"rollback"``: at a sync,
             if the parameters or the inner state hold inf or NaN, θ ← φ
             instead, the inner state restarts and `rollbacks` counts it, as in
@@ -168,8 +179,9 @@ class Lookahead(InPlaceLookahead):
         params: Sequence[Any],
         inner: lc.InnerOptimizer,
         k: int = 5,
-        alpha: float = 0.5,
+        alpha: float = lc.DEFAULT_ALPHA,
         *,
+        outer: lc.InnerOptimizer | None = None,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
         nonfinite: str | None = None,
@@ -189,8 +201,8 @@ class Lookahead(InPlaceLookahead):
         )
         with self._device:
             super().__init__(
-                params, inner, k, alpha, alpha_mode=alpha_mode, alpha_min=alpha_min,
-                nonfinite=nonfinite, kernel=kernel,
+                params, inner, k, alpha, outer=outer, alpha_mode=alpha_mode,
+                alpha_min=alpha_min, nonfinite=nonfinite, kernel=kernel,
             )
 
     # -- attributes of this adapter ----------------------------------------------------
@@ -298,6 +310,19 @@ class Lookahead(InPlaceLookahead):
         with self._device:
             for group in self._launches:
                 group.swap()
+
+    def _outer_step(self, plan: Any, scalars: Any, buffers: tuple[tuple[Any, ...], ...]) -> None:
+        # One fused launch per parameter; any strides (φ and O's buffers follow
+        # the parameter's memory order, θ may be a strided view).
+        variant = outer_variant(plan, scalars)
+        values: dict[str, tuple[Any, ...]] = {}
+        with self._device:
+            for i, (theta, phi) in enumerate(zip(self._params, self._slow)):
+                dtype = theta.dtype.name
+                if dtype not in values:
+                    values[dtype] = outer_scalar_values(dtype, scalars)
+                outer_kernel(dtype, variant)(
+                    *values[dtype], theta, phi, *(field[i] for field in buffers))
 
     def _public_views(self, arrays: Sequence[Any]) -> tuple[Any, ...]:
         # CuPy arrays cannot be made read-only: these views write through.
