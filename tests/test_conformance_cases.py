@@ -118,7 +118,8 @@ def test_report_and_json_list_every_failing_case():
 
 
 def test_a_passing_check_counts_its_cases():
-    cases = {name: run_check(name, ToyBackend()).cases for name in CHECKS}
+    # The toy has no create_outer (the outer check's count: tests/test_conformance_outer.py).
+    cases = {name: run_check(name, ToyBackend()).cases for name in CHECKS if name != "outer"}
     assert all(isinstance(n, int) and n > 0 for n in cases.values()), cases
 
 

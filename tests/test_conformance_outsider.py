@@ -84,14 +84,15 @@ def test_outsider_backend_is_certified_by_both_runners(installed_outsider):
     assert cli.returncode == 0, cli.stdout + cli.stderr
     results = json.loads(report.read_text())["backends"]["my-numpy"]["results"]
     assert {name: r["status"] for name, r in results.items()} == {
-        **{name: "pass" for name in CHECKS}, "skipped_steps": "n/a"}
+        **{name: "pass" for name in CHECKS}, "skipped_steps": "n/a", "outer": "n/a"}
 
     # pytest plugin: the example and the broken entry point.
     tests = _run(["-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfs", "--pyargs",
                   "lookahead_conformance", "--lookahead-backend=my-numpy",
                   "--lookahead-backend=my-broken"], env, cwd)
     assert tests.returncode == 1, tests.stdout + tests.stderr
-    assert _outcomes(tests.stdout) == {"passed": 8, "skipped": 1, "failed": 9}
+    n = len(CHECKS)  # the example has neither step_skipped() nor create_outer()
+    assert _outcomes(tests.stdout) == {"passed": n - 2, "skipped": 2, "failed": n}
     assert "my-numpy::skipped_steps: not applicable: the runner has no step_skipped()" in tests.stdout
     failed = set(re.findall(r"^FAILED \S*::test_(\w+)\[my-broken\]", tests.stdout, re.M))
     assert failed == set(CHECKS), tests.stdout
@@ -119,4 +120,8 @@ def test_docs_reports_show_the_current_checks():
     section = text[text.index("## The report on this machine"):]
     headers = re.findall(r"^\| backend \|.*\|$", section, re.M)
     assert len(headers) == 2
-    assert set(headers) == {"| backend | " + " | ".join(CHECKS) + " |"}
+    assert headers[0] == "| backend | " + " | ".join(CHECKS) + " |"  # this machine: today's kit
+    # An earlier run (the GPU one, labelled with its kit) may lack later checks, never show a
+    # check that no longer exists or another order.
+    columns = headers[1].strip("|").split("|")[1:]
+    assert [c.strip() for c in columns] == list(CHECKS)[:len(columns)]

@@ -48,6 +48,15 @@ def _device_of(devices: Sequence[str]) -> str:
     return distinct[0] if len(distinct) == 1 else "mixed: " + ", ".join(distinct)
 
 
+def _leaves(tree: Any) -> list[Any]:
+    """The leaves of a state made of tuples and NamedTuples (``None`` has none)."""
+    if tree is None:
+        return []
+    if isinstance(tree, tuple):
+        return [leaf for item in tree for leaf in _leaves(item)]
+    return [tree]
+
+
 # --- the core, on any Array API library -------------------------------------------------------
 
 
@@ -81,8 +90,11 @@ class _CoreRunner:
 
     # capabilities
     def extra_state_bytes(self) -> int:
-        # LookaheadState = (slow, inner, count): everything but the inner state.
-        return sum(self._backend.to_numpy(s).nbytes for s in self._state.slow)
+        # LookaheadState = (slow, inner, count): everything but the inner state; with an
+        # outer optimizer its state too (OuterLookaheadState.outer).
+        outer = getattr(self._state, "outer", None)
+        outer_arrays = [a for a in _leaves(outer) if hasattr(a, "shape")]
+        return sum(self._backend.to_numpy(s).nbytes for s in (*self._state.slow, *outer_arrays))
 
     def aliases(self) -> bool:
         extent = self._backend.memory_extent
@@ -175,6 +187,15 @@ class CoreBackend:
         import lookahead_core as lc
 
         opt = lc.lookahead(inner.build_core(), k=k, alpha=alpha)
+        return _CoreRunner(self, params, opt)
+
+    def create_outer(
+        self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, outer: InnerSpec
+    ) -> Runner:
+        """The core with ``outer`` as its outer optimizer (the ``outer`` capability)."""
+        import lookahead_core as lc
+
+        opt = lc.lookahead(inner.build_core(), k=k, outer=outer.build_core())
         return _CoreRunner(self, params, opt)
 
 

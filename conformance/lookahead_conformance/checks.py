@@ -38,6 +38,7 @@ from .protocol import (
     ReportsMemory,
     Runner,
     SkipsSteps,
+    SupportsOuter,
 )
 from .registry import BrokenBackend
 from .tools import MissingToolError, is_kit_tool, missing_tools_message
@@ -54,6 +55,7 @@ __all__ = [
     "FAIL",
     "NOT_APPLICABLE",
     "PASS",
+    "OUTER_SPECS",
     "REFERENCE_EPS_PER_STEP",
     "Check",
     "CheckFailure",
@@ -72,7 +74,7 @@ __all__ = [
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "n/a"
 
-CHECKS_VERSION = 1
+CHECKS_VERSION = 2
 """The version of what the checks test: their cases, rules and tolerances.
 
 Bumped whenever a check, a case or a tolerance changes (not for prose or for
@@ -85,6 +87,8 @@ differs. docs/conformance.md lists what each version changed.
    and gradients of another dtype (floats both ways, integers); cases drawn
    from the run's seed; eq. 0.1's tolerance with its floor of one smallest
    subnormal per sync.
+2. The ``outer`` check (Lookahead with an outer optimizer; n/a for a backend
+   without ``create_outer``).
 """
 
 DEFAULT_SEED = 0
@@ -443,16 +447,23 @@ _EQ01_SCRIPTED = (
 )
 
 
-def _run_eq01_case(backend: Backend, case: Eq01Case, tally: _Tally) -> None:
+def _run_eq01_case(backend: Backend, case: Eq01Case, tally: _Tally, outer: bool = False) -> None:
+    """One eq. 0.1 case; with ``outer``, α is the learning rate of an outer SGD (no momentum)."""
     dtype, k, alpha, lr = case.dtype, case.k, case.alpha, case.lr
     label = (f"{dtype} k={k} alpha={alpha!r} lr={lr} shapes={list(case.shapes)} "
              f"syncs={case.syncs} seed={case.seed}")
+    if outer:
+        label = f"outer SGD(lr=alpha) {label}"
     if case.scale != 1.0:
         label += f" scale={case.scale!r}"
     with tally.case(label):
         rng = np.random.default_rng(case.seed)
         params = _random(rng, dtype, case.shapes, case.scale)
-        runner = backend.create(params, InnerSpec("sgd", {"lr": lr}), k, alpha)
+        inner = InnerSpec("sgd", {"lr": lr})
+        if outer:
+            runner = backend.create_outer(params, inner, k, InnerSpec("sgd", {"lr": alpha}))
+        else:
+            runner = backend.create(params, inner, k, alpha)
         # Per sync, the fast weights one step before it and the last gradient: θ_{j,k} is
         # rebuilt from them (inner SGD), in float64, by `eq01_expected`.
         before_syncs: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
@@ -1226,6 +1237,131 @@ def _run_skipped_steps_case(backend: Backend, dtype: str, settings: Settings) ->
         _require_equal(tested.slow(), clean.slow(), f"{label}: slow")
 
 
+# --- outer optimizers -----------------------------------------------------------------------
+
+OUTER_SPECS = (
+    InnerSpec("sgd", {"lr": 0.7, "momentum": 0.9}),
+    InnerSpec("sgd", {"lr": 0.7, "momentum": 0.9, "nesterov": True}),
+    InnerSpec("sgd", {"lr": 0.7, "momentum": 0.5, "nesterov": True, "weight_decay": 1e-2}),
+    InnerSpec("adam", {"lr": 0.05, "eps": 1e-2}),
+)
+"""Heavy ball, DiLoCo's Nesterov step, SNOO's (momentum 0.5, with weight decay), Adam.
+
+Adam's ``eps = 0.01`` bounds how much its step can amplify the rounding of
+Δ = φ − θ: the normalized step m̂/(√v̂ + eps) changes by at most 1/eps per
+unit of Δ, so ``lr/eps = 5`` eps per eps of Δ. With eps = 1e-8 a coordinate
+whose Δ is a few roundings wide could flip the sign of its step, and no
+tolerance in eps would be honest."""
+
+
+def _outer_gain(spec: InnerSpec) -> float:
+    """How many eps of the weights one sync's roundings can become through ``spec``'s step.
+
+    SGD: the pseudo-gradient's rounding reaches φ through lr·(1 + μ + μ² + …)
+    (the momentum buffer carries it to later syncs), plus Nesterov's extra μ:
+    at most lr·(1 + μ)/(1 − μ). Adam: lr/eps (see `OUTER_SPECS`).
+    """
+    hyper = spec.hyperparams
+    if spec.name == "sgd":
+        mu = float(hyper.get("momentum", 0.0))
+        return float(hyper["lr"]) * (1.0 + mu) / (1.0 - mu)
+    return float(hyper["lr"]) / float(hyper.get("eps", 1e-8))
+
+
+def check_outer(backend: Backend, settings: Settings = Settings()) -> Passed:
+    """Outer optimizers (SNOO, DiLoCo): outer SGD(lr = α) is eq. 0.1, others match the reference.
+
+    Needs the backend capability ``create_outer`` (`SupportsOuter`): at each
+    sync the outer optimizer steps the slow weights with the pseudo-gradient
+    Δ = φ − θ_{t,k} as their gradient, then θ ← φ. Three parts, each dtype:
+
+    1. Outer SGD with learning rate α and no momentum is Algorithm 1's sync
+       φ − αΔ = φ + α(θ − φ): `check_eq01_closed_form`'s seven scripted
+       cases, with its tolerance (this one-sided update rounds three times,
+       as the lerp does).
+    2. Heavy-ball, Nesterov and Adam outer steps (`OUTER_SPECS`) around
+       inner SGD with momentum and inner Adam, k = 3, 14 steps (4 syncs and a
+       partial cycle): θ and φ after every step against the reference,
+       ``lookahead_core`` with the same outer optimizer on NumPy float64.
+       Tolerance: `REFERENCE_EPS_PER_STEP` · (steps + syncs · (1 + G)) eps
+       relative to the largest weight, where G is what the outer step can
+       make of one sync's roundings (`_outer_gain`: lr·(1 + μ)/(1 − μ) for
+       SGD, lr/eps for Adam).
+    3. The outer state survives a checkpoint: saved after 2, 3 and 4 steps
+       (k = 3: mid-cycle, on a sync, just after it) and restored into a fresh
+       runner, the run goes on bit for bit as the uninterrupted one (Nesterov
+       and Adam outer steps).
+    """
+    if not isinstance(backend, SupportsOuter):
+        raise NotApplicable("the backend has no create_outer()")
+    tally = _Tally()
+    for dtype in backend.dtypes:
+        for index, (k, alpha, syncs, tail) in enumerate(_EQ01_SCRIPTED):
+            case = Eq01Case(dtype, k, alpha, SHAPES, syncs, tail, 0.25, _case_seed(index, settings))
+            _run_eq01_case(backend, case, tally, outer=True)
+    reference = _reference_backend()
+    for dtype in backend.dtypes:
+        for inner in (REFERENCE_SPECS[1], REFERENCE_SPECS[3]):
+            for outer in OUTER_SPECS:
+                label = (f"{dtype} inner {inner.name} {inner.hyperparams} outer {outer.name} "
+                         f"{outer.hyperparams} k=3")
+                with tally.case(label):
+                    _run_outer_reference_case(backend, reference, inner, outer, dtype, label,
+                                              tally, settings)
+    for dtype in backend.dtypes:
+        for outer in (OUTER_SPECS[1], OUTER_SPECS[3]):
+            for n in (2, 3, 4):
+                label = f"{dtype} outer {outer.name} {outer.hyperparams} k=3, saved after {n} steps"
+                with tally.case(label):
+                    _run_outer_round_trip_case(backend, dtype, outer, n, label, settings)
+    return tally.outcome(measured=True)
+
+
+def _run_outer_reference_case(backend: Backend, reference: Backend, inner: InnerSpec,
+                              outer: InnerSpec, dtype: str, label: str, tally: _Tally,
+                              settings: Settings) -> None:
+    steps, k = 14, 3
+    rng = _rng(23, settings)
+    params = _random(rng, dtype, SHAPES)
+    ours = backend.create_outer(params, inner, k, outer)
+    ref = reference.create_outer([p.astype(np.float64) for p in params], inner, k, outer)
+    gain = _outer_gain(outer)
+    for step in range(1, steps + 1):
+        grads = _random(rng, dtype, SHAPES)
+        ours.step(grads)
+        ref.step([g.astype(np.float64) for g in grads])
+        want_fast, want_slow = ref.fast(), ref.slow()
+        magnitude = _magnitude(*params, *want_fast, *want_slow)
+        tolerance = REFERENCE_EPS_PER_STEP * (step + (step // k) * (1.0 + gain))
+        for what, got, want in (("fast", ours.fast(), want_fast), ("slow", ours.slow(), want_slow)):
+            _require_like(got, params, f"{label}: {what} after step {step}")
+            for i, (g, w) in enumerate(zip(got, want)):
+                tally.record(_eps_error(g, w, dtype, magnitude), tolerance,
+                             f"{label}: {what}[{i}] after step {step} vs the reference")
+
+
+def _run_outer_round_trip_case(backend: Backend, dtype: str, outer: InnerSpec, n: int,
+                               label: str, settings: Settings) -> None:
+    k = 3
+    inner = REFERENCE_SPECS[1]
+    rng = _rng(29, settings)
+    params = _random(rng, dtype, SHAPES)
+    grads = [_random(rng, dtype, SHAPES) for _ in range(n + 2 * k + 1)]
+    first = backend.create_outer(params, inner, k, outer)
+    for g in grads[:n]:
+        first.step(g)
+    saved = first.save()
+    resumed = backend.create_outer(params, inner, k, outer)
+    resumed.restore(saved)
+    _require_equal(resumed.fast(), first.fast(), f"{label}: fast right after restore")
+    _require_equal(resumed.slow(), first.slow(), f"{label}: slow right after restore")
+    for m, g in enumerate(grads[n:], start=n + 1):
+        first.step(g)
+        resumed.step(g)
+        _require_equal(resumed.fast(), first.fast(), f"{label}: fast after step {m}")
+        _require_equal(resumed.slow(), first.slow(), f"{label}: slow after step {m}")
+
+
 # --- the registry of checks and the runner --------------------------------------------------
 
 
@@ -1263,6 +1399,7 @@ CHECKS: dict[str, Check] = {
         _check("bad_input", check_bad_input),
         _check("memory", check_memory),
         _check("skipped_steps", check_skipped_steps, exact=True),
+        _check("outer", check_outer),
     )
 }
 """Every check, by name, in report order."""

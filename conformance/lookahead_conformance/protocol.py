@@ -16,6 +16,9 @@ the runner lacks reports "not applicable" rather than pass or fail.
 | `extra_state_bytes()` | `memory` | bytes of Lookahead-owned state beyond the inner optimizer's; must equal the parameters' bytes (one copy) |
 | `aliases()` | `schedule` | whether any fast and slow buffers share memory (without it, a black-box test decides) |
 | `device()` | `dtype_shape_device` | the device holding every fast and slow weight |
+
+A backend may offer one optional method of its own, `SupportsOuter.create_outer`:
+Lookahead with an outer optimizer (SNOO, DiLoCo), needed by the ``outer`` check.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "ReportsMemory",
     "Runner",
     "SkipsSteps",
+    "SupportsOuter",
     "is_usable_name",
     "protocol_violations",
 ]
@@ -197,6 +201,23 @@ class Backend(Protocol):
         ``k`` and ``alpha`` are passed through unvalidated: an invalid value
         must raise TypeError or ValueError here.
         """
+
+
+@runtime_checkable
+class SupportsOuter(Protocol):
+    """Optional: the backend runs Lookahead with an outer optimizer (SNOO, DiLoCo).
+
+    At each sync the outer optimizer takes one step on the slow weights φ with
+    the pseudo-gradient Δ = φ − θ_{t,k} as their gradient, then θ ← φ.
+    """
+
+    def create_outer(
+        self, params: Sequence[np.ndarray], inner: InnerSpec, k: int, outer: InnerSpec
+    ) -> Runner:
+        """Build the optimizer over copies of ``params`` with ``outer`` as its outer
+        optimizer, an `InnerSpec` like ``inner`` (``torch.optim``'s names and defaults):
+        e.g. ``torch.optim.SGD(slow_weights, **outer.hyperparams)``. The runner's
+        ``save``/``restore`` must carry the outer optimizer's state."""
 
 
 REQUIRED_BACKEND_MEMBERS = (

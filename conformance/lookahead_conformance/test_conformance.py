@@ -56,6 +56,11 @@ def test_skipped_steps(lookahead_backend):
     certify_check("skipped_steps", lookahead_backend)
 
 
+def test_outer(lookahead_backend):
+    """Outer optimizers: outer SGD(lr = α) is eq. 0.1, others match the reference (needs create_outer())."""
+    certify_check("outer", lookahead_backend)
+
+
 assert set(CHECKS) == {
     name.removeprefix("test_") for name in dir() if name.startswith("test_")
 }, "every check needs its test"
