@@ -185,6 +185,9 @@ class LanguageModelRun:
     curve_train_nats: list[float | None] = field(default_factory=list)  # running mean (θ, dropout)
     epoch_val_nats: list[float | None] = field(default_factory=list)
     diverged: bool = False
+    # every ``eval_every`` steps (empty without it): validation loss at the evaluation weights
+    val_curve_steps: list[int] = field(default_factory=list)
+    val_curve_nats: list[float | None] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,8 +211,19 @@ def train_language_model(
     k: int = 5,
     alpha: float = 0.5,
     on_log: Callable[[int, float], None] | None = None,
+    eval_every: int | None = None,
 ) -> LanguageModelRun:
-    """Train a fresh `LSTMLanguageModel` on ``corpus.train``; evaluate train slice, val, test."""
+    """Train a fresh `LSTMLanguageModel` on ``corpus.train``; evaluate train slice, val, test.
+
+    With ``eval_every``, the validation loss is also measured (at the evaluation
+    weights, dropout off) after every ``eval_every``-th step, into
+    ``val_curve_steps`` / ``val_curve_nats``. The evaluation draws no random
+    numbers, so it leaves the training trajectory bit for bit as without it.
+    """
+    if eval_every is not None and (
+        isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1
+    ):
+        raise ValueError(f"eval_every must be None or an int >= 1, got {eval_every!r}")
     torch.manual_seed(seed)
     model = LSTMLanguageModel(len(corpus.vocabulary), width, layers, dropout)
     optimizer = optim.build(spec, model.parameters(), lr, k=k, alpha=alpha)
@@ -241,6 +255,11 @@ def train_language_model(
                 if on_log is not None:
                     on_log(step, running / running_count)
                 running, running_count = 0.0, 0
+            if eval_every is not None and step % eval_every == 0:
+                with optim.evaluation_weights(optimizer):
+                    nats = evaluate_language_model(model, corpus.val, bptt=bptt)
+                run.val_curve_steps.append(step)
+                run.val_curve_nats.append(finite_or_none(nats))
         if run.diverged:
             break
         with optim.evaluation_weights(optimizer):
