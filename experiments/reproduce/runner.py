@@ -5,6 +5,7 @@ Command line (from the repository root)::
     python -m experiments.reproduce table1 --size full       # one experiment
     python -m experiments.reproduce all --size full          # all of them (make reproduce)
     python -m experiments.reproduce all --size quick --out out/reproduce-quick
+    python -m experiments.reproduce snoo --size full         # SNOO beside LA(X) and X (not in "all")
 
 Sizes: ``quick`` (the test suite's, a few minutes), ``full`` (``make reproduce``,
 sized for about an hour on two idle CPU cores) and ``reduced`` (about half of
@@ -32,7 +33,7 @@ from typing import Any
 
 import torch
 
-from . import figure9, figure10, lr_sweep, report, table1, table3
+from . import figure9, figure10, lr_sweep, report, snoo, table1, table3
 
 EXPERIMENTS: dict[str, ModuleType] = {
     "table1": table1,
@@ -41,6 +42,9 @@ EXPERIMENTS: dict[str, ModuleType] = {
     "figure10": figure10,
     "lr_sweep": lr_sweep,
 }
+"""The paper's experiments: what ``all`` runs (``make reproduce``)."""
+EXTENSIONS: dict[str, ModuleType] = {"snoo": snoo}
+"""Experiments beyond the paper, run only by name."""
 SIZES = ("quick", "reduced", "full")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,7 +95,7 @@ def run_experiment(
     """Run experiment ``name`` at ``size`` (or at an explicit ``config``); write outputs under ``out``.
 
     Args:
-        name: a key of `EXPERIMENTS`.
+        name: a key of `EXPERIMENTS` or `EXTENSIONS`.
         size: ``"quick"`` or ``"full"``.
         out: output root (``None``: write nothing, only return the results).
         progress: show a tqdm bar.
@@ -104,11 +108,12 @@ def run_experiment(
     Raises:
         ValueError: unknown ``name`` or ``size``.
     """
-    if name not in EXPERIMENTS:
-        raise ValueError(f"name must be one of {sorted(EXPERIMENTS)}, got {name!r}")
+    modules = {**EXPERIMENTS, **EXTENSIONS}
+    if name not in modules:
+        raise ValueError(f"name must be one of {sorted(modules)}, got {name!r}")
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    module = EXPERIMENTS[name]
+    module = modules[name]
     config = module.SIZES[size] if config is None else config
     torch.set_num_threads(threads)
     bars = _Progress(name, progress)
@@ -142,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m experiments.reproduce",
         description="Small-scale analogues of the Lookahead paper's experiments on offline data.",
     )
-    parser.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, "all"],
-                        help="which experiments to run ('all': every one, in order)")
+    parser.add_argument("experiments", nargs="+", choices=[*EXPERIMENTS, *EXTENSIONS, "all"],
+                        help="which experiments to run ('all': every one of the paper's, in order; "
+                             f"{', '.join(EXTENSIONS)} only by name)")
     parser.add_argument("--size", choices=SIZES, default="quick")
     parser.add_argument("--out", type=Path, default=None,
                         help="output root (default: docs for --size full, out/reproduce-quick otherwise)")
