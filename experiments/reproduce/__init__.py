@@ -13,6 +13,7 @@ data that ships inside pinned packages (see `experiments.reproduce.data`):
 | ``figure9`` | Figure 9 | small CNN, LA(SGD) over a k × α grid |
 | ``figure10`` | Figure 10 | small CNN, accuracy after each of 60 fast-weight updates |
 | ``lr_sweep`` | the "higher learning rates" claim | small CNN, SGD vs LA(SGD) over learning rates |
+| ``snoo`` | beyond the paper: SNOO, an outer Nesterov step | the Table 3 and Table 1 tasks, X vs LA(X) vs SNOO(X) (run by name only) |
 
 Each has a ``quick`` size (run by the test suite), a ``full`` size (``make
 reproduce``, about an hour on two idle CPU cores) and a ``reduced`` one (about
