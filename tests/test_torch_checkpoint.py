@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
 
 import pytest
@@ -28,13 +29,29 @@ INNERS = {
 }
 
 
-def _build(name, params, groups, **options):
+# How the sync is done: Algorithm 1's lerp with α, or an outer optimizer (SNOO/DiLoCo) whose
+# state and hyperparameters the checkpoint must carry as well.
+SYNCS = {
+    "alpha": None,
+    "outer-nesterov": functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True),
+    "outer-adam": functools.partial(torch.optim.Adam, lr=0.05),
+}
+
+
+def _build(name, params, groups, sync="alpha", **options):
+    outer = SYNCS[sync]
     if groups == 1:
         spec = [{"params": params}]
     else:  # two groups, the second with its own lr, k and α: off-boundary for one while on for the other
         spec = [{"params": params[:2]},
-                {"params": params[2:], "lr": 0.01, "lookahead_k": 3, "lookahead_alpha": 0.8}]
-    return Lookahead(INNERS[name](spec), k=K, alpha=0.5, **options)
+                {"params": params[2:], "lr": 0.01, "lookahead_k": 3,
+                 **({"lookahead_alpha": 0.8} if outer is None else {})}]
+    if outer is None:
+        return Lookahead(INNERS[name](spec), k=K, alpha=0.5, **options)
+    opt = Lookahead(INNERS[name](spec), k=K, outer=outer, **options)
+    if groups == 2:  # the second outer group with its own learning rate (saved per group)
+        opt.outer_optimizer.param_groups[1]["lr"] = 0.3
+    return opt
 
 
 def _save(opt, params) -> bytes:
@@ -51,28 +68,32 @@ def _load(raw: bytes, opt, params, **kwargs) -> None:
     opt.load_state_dict(checkpoint["optimizer"])
 
 
+@pytest.mark.parametrize("sync", list(SYNCS))
 @pytest.mark.parametrize("saved_after", [0, K - 1, K, K + 1, 2 * K + 2])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("name", list(INNERS))
-def test_bit_exact_resume_through_torch_save_and_load(name, groups, saved_after):
+def test_bit_exact_resume_through_torch_save_and_load(name, groups, saved_after, sync):
     """Resume = uninterrupted run, bit for bit: on and off sync boundaries (both groups'
-    k), 1 and 2 groups, SGD-momentum / Adam / AdamW, through torch.save/torch.load(weights_only)."""
+    k), 1 and 2 groups, SGD-momentum / Adam / AdamW, α or an outer optimizer, through
+    torch.save/torch.load(weights_only)."""
     problem = Problem(seed=saved_after + 10 * groups, steps=saved_after + 9)
     straight_params = problem.params()
-    straight = _build(name, straight_params, groups)
+    straight = _build(name, straight_params, groups, sync)
     for step in range(problem.steps):
         problem.set_grads(straight_params, step)
         straight.step()
 
     first_params = problem.params()
-    first = _build(name, first_params, groups)
+    first = _build(name, first_params, groups, sync)
     for step in range(saved_after):
         problem.set_grads(first_params, step)
         first.step()
     raw = _save(first, first_params)
 
     resumed_params = Problem(seed=99, steps=1).params()  # other values: the checkpoint must set them
-    resumed = _build(name, resumed_params, groups)
+    resumed = _build(name, resumed_params, groups, sync)
+    if SYNCS[sync] is not None and groups == 2:
+        resumed.outer_optimizer.param_groups[1]["lr"] = 0.5  # the checkpoint must set it back
     _load(raw, resumed, resumed_params)
     assert resumed.counts == first.counts
     for step in range(saved_after, problem.steps):
@@ -81,6 +102,9 @@ def test_bit_exact_resume_through_torch_save_and_load(name, groups, saved_after)
     assert_bit_identical(resumed_params, straight_params)
     assert_bit_identical(flat_slow(resumed), flat_slow(straight))
     assert resumed.counts == straight.counts
+    if SYNCS[sync] is not None:
+        assert snapshot(resumed)["outer_state"].keys() == snapshot(straight)["outer_state"].keys()
+        assert_unchanged({key: snapshot(straight)[key] for key in ("outer_state", "outer_groups")}, resumed)
 
 
 def test_state_dict_layout():
@@ -101,14 +125,15 @@ def test_state_dict_layout():
     assert all("lookahead_slow" not in s for s in opt.optimizer.state.values())
 
 
-def test_round_trip_right_after_construction_as_accelerate_does():
+@pytest.mark.parametrize("sync", list(SYNCS))
+def test_round_trip_right_after_construction_as_accelerate_does(sync):
     """Accelerate's prepare(): state_dict, move every tensor to the device, load_state_dict,
     before any step. Training afterwards is unchanged, bit for bit."""
     problem = Problem(seed=2, steps=11)
     plain_params = problem.params()
-    plain = _build("adamw", plain_params, 2)
+    plain = _build("adamw", plain_params, 2, sync)
     prepared_params = problem.params()
-    prepared = _build("adamw", prepared_params, 2)
+    prepared = _build("adamw", prepared_params, 2, sync)
 
     def move(obj):
         if isinstance(obj, torch.Tensor):
@@ -129,17 +154,19 @@ def test_round_trip_right_after_construction_as_accelerate_does():
     assert_bit_identical(flat_slow(prepared), flat_slow(plain))
 
 
-def test_load_never_mutates_or_shares_the_callers_dict():
+@pytest.mark.parametrize("sync", list(SYNCS))
+def test_load_never_mutates_or_shares_the_callers_dict(sync):
     problem = Problem(seed=3, steps=7)
     params = problem.params()
-    opt = _build("sgd-momentum", params, 1, pullback="pullback")
+    policy = {"pullback": "pullback"} if SYNCS[sync] is None else {"pullback": "reset"}
+    opt = _build("sgd-momentum", params, 1, sync, **policy)
     for step in range(6):
         problem.set_grads(params, step)
         opt.step()
     sd = copy.deepcopy(opt.state_dict())
     reference = copy.deepcopy(sd)
     other_params = problem.params()
-    other = _build("sgd-momentum", other_params, 1, pullback="pullback")
+    other = _build("sgd-momentum", other_params, 1, sync, **policy)
     other.load_state_dict(sd)
     for step in range(6):  # steps that update every tensor the optimizer holds
         problem.set_grads(other_params, step)
@@ -165,6 +192,10 @@ def test_load_never_mutates_or_shares_the_callers_dict():
     held = {t.data_ptr() for t in flat_slow(other)}
     held |= {t.data_ptr() for s in other.optimizer.state.values() for t in s.values()
              if isinstance(t, torch.Tensor)}
+    if other.outer_optimizer is not None:
+        held |= {t.data_ptr() for s in other.outer_optimizer.state.values() for t in s.values()
+                 if isinstance(t, torch.Tensor)}
+        assert any(key.startswith("lookahead_outer_") for entry in sd["state"].values() for key in entry)
     assert not caller & held
 
 
@@ -222,16 +253,17 @@ def test_plain_inner_checkpoint_restarts_the_pullback_momentum_copy_from_the_loa
         assert torch.count_nonzero(saved[i]["lookahead_momentum"]) > 0
 
 
-def test_load_casts_to_each_parameters_dtype():
+@pytest.mark.parametrize("sync", list(SYNCS))
+def test_load_casts_to_each_parameters_dtype(sync):
     """A float64 checkpoint loads into a float32 model: values rounded, dtypes kept."""
-    problem = Problem(seed=5, steps=3)
+    problem = Problem(seed=5, steps=K + 1)
     params64 = problem.params()
-    opt64 = _build("adam", params64, 1)
-    for step in range(3):
+    opt64 = _build("adam", params64, 1, sync)
+    for step in range(K + 1):  # a sync: the outer state exists
         problem.set_grads(params64, step)
         opt64.step()
     params32 = [torch.nn.Parameter(p.detach().float()) for p in params64]
-    opt32 = _build("adam", params32, 1)
+    opt32 = _build("adam", params32, 1, sync)
     opt32.load_state_dict(opt64.state_dict())
     for s32, s64 in zip(flat_slow(opt32), flat_slow(opt64)):
         assert s32.dtype == torch.float32
@@ -240,29 +272,40 @@ def test_load_casts_to_each_parameters_dtype():
         assert opt32.optimizer.state[p32]["exp_avg"].dtype == torch.float32
         m32, m64 = opt32.optimizer.state[p32]["exp_avg"], opt64.optimizer.state[p64]["exp_avg"]
         assert torch.equal(m32, m64.float())
+    if SYNCS[sync] is not None:
+        key = "momentum_buffer" if sync == "outer-nesterov" else "exp_avg"
+        for s32, s64 in zip(flat_slow(opt32), flat_slow(opt64)):
+            o32, o64 = opt32.outer_optimizer.state[s32][key], opt64.outer_optimizer.state[s64][key]
+            assert o32.dtype == torch.float32 and torch.equal(o32, o64.float())
 
 
-def test_slow_dtype_checkpoint_keeps_the_float32_copy():
+@pytest.mark.parametrize("sync", list(SYNCS))
+def test_slow_dtype_checkpoint_keeps_the_float32_copy(sync):
+    sync_option = {"alpha": 0.5} if SYNCS[sync] is None else {"outer": SYNCS[sync]}
     params = [torch.nn.Parameter(torch.randn(5, dtype=torch.bfloat16))]
-    opt = Lookahead(torch.optim.SGD(params, lr=0.01), k=2, slow_dtype=torch.float32)
+    opt = Lookahead(torch.optim.SGD(params, lr=0.01), k=2, slow_dtype=torch.float32, **sync_option)
     for _ in range(3):
         params[0].grad = torch.randn(5, dtype=torch.bfloat16)
         opt.step()
     raw = _save(opt, params)
     fresh = [torch.nn.Parameter(torch.zeros(5, dtype=torch.bfloat16))]
-    loaded = Lookahead(torch.optim.SGD(fresh, lr=0.01), k=2, slow_dtype=torch.float32)
+    loaded = Lookahead(torch.optim.SGD(fresh, lr=0.01), k=2, slow_dtype=torch.float32, **sync_option)
     _load(raw, loaded, fresh)
     assert flat_slow(loaded)[0].dtype == torch.float32
     assert_bit_identical(flat_slow(loaded), flat_slow(opt))
+    if SYNCS[sync] is not None:
+        (entry,) = loaded.outer_optimizer.state.values()
+        assert all(v.dtype == torch.float32 for k, v in entry.items() if k != "step")
+        assert_unchanged({"outer_state": snapshot(opt)["outer_state"]}, loaded)
 
 
 # --- bad checkpoints: a clear error and nothing changed -------------------------------------
 
 
-def _trained(pullback="none"):
+def _trained(pullback="none", sync="alpha"):
     problem = Problem(seed=6, steps=6)
     params = problem.params()
-    opt = _build("adam", params, 2, pullback=pullback)
+    opt = _build("adam", params, 2, sync, pullback=pullback)
     for step in range(6):
         problem.set_grads(params, step)
         opt.step()
@@ -355,12 +398,18 @@ BAD_CHECKPOINTS = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
-def test_bad_checkpoint_is_rejected_and_changes_nothing(case):
+def _alpha_only(case: str) -> bool:
+    """Cases about α or the 0.1.0 format, which a Lookahead with an outer optimizer never had."""
+    return "alpha" in case or "0.1.0" in case
+
+
+@pytest.mark.parametrize("case, sync", [(case, sync) for sync in SYNCS for case in BAD_CHECKPOINTS
+                                         if SYNCS[sync] is None or not _alpha_only(case)])
+def test_bad_checkpoint_is_rejected_and_changes_nothing(case, sync):
     make, error, message = BAD_CHECKPOINTS[case]
-    good = _trained()
+    good = _trained(sync=sync)
     bad = make(good.state_dict())
-    opt = _trained()
+    opt = _trained(sync=sync)
     # move opt away from the checkpoint so a partial load would show
     for p in opt.param_groups[0]["params"]:
         p.grad = torch.ones_like(p)
@@ -411,23 +460,29 @@ def test_cuda_slow_weights_live_on_the_parameters_device():
 
 
 @requires_cuda
+@pytest.mark.parametrize("sync", list(SYNCS))
 @pytest.mark.parametrize("direction", ["cpu->cuda", "cuda->cpu"])
 @pytest.mark.parametrize("map_location", [True, False])
-def test_cuda_checkpoints_move_between_devices(direction, map_location):
+def test_cuda_checkpoints_move_between_devices(direction, map_location, sync):
     """A checkpoint saved on one device resumes on the other, bit for bit against a run
     that stayed there, with or without ``map_location`` (load casts to each param's device)."""
     source, target = direction.split("->")
     problem = Problem(seed=8, steps=12)
     first_params = problem.params(source)
-    first = _build("sgd-momentum", first_params, 2)
+    first = _build("sgd-momentum", first_params, 2, sync)
     for step in range(5):
         problem.set_grads(first_params, step)
         first.step()
     raw = _save(first, first_params)
     resumed_params = problem.params(target)
-    resumed = _build("sgd-momentum", resumed_params, 2)
+    resumed = _build("sgd-momentum", resumed_params, 2, sync)
     _load(raw, resumed, resumed_params, **({"map_location": target} if map_location else {}))
     assert all(s.device == p.device for s, p in zip(flat_slow(resumed), resumed_params))
     state = resumed.optimizer.state[resumed_params[0]]["momentum_buffer"]
     assert state.device == resumed_params[0].device
     assert_bit_identical(flat_slow(resumed), flat_slow(first))
+    if SYNCS[sync] is not None:
+        outer_state = resumed.outer_optimizer.state
+        assert outer_state and all(v.device == resumed_params[0].device for entry in outer_state.values()
+                                   for key, v in entry.items() if key != "step")
+        assert_unchanged({"outer_state": snapshot(first)["outer_state"]}, resumed)

@@ -150,6 +150,19 @@ def snapshot(opt: Lookahead) -> dict[str, Any]:
         "inner_state": _clone_tree({i: dict(inner.state[p]) for i, p in enumerate(
             p for g in inner.param_groups for p in g["params"]) if p in inner.state}),
         "groups": _clone_tree([{k: v for k, v in g.items() if k != "params"} for g in inner.param_groups]),
+        **_outer_snapshot(opt),
+    }
+
+
+def _outer_snapshot(opt: Lookahead) -> dict[str, Any]:
+    """The outer optimizer's state (by parameter position) and groups, if there is one."""
+    outer = getattr(opt, "outer_optimizer", None)
+    if outer is None:
+        return {}
+    slow = [s for g in outer.param_groups for s in g["params"]]
+    return {
+        "outer_state": _clone_tree({i: dict(outer.state[s]) for i, s in enumerate(slow) if s in outer.state}),
+        "outer_groups": _clone_tree([{k: v for k, v in g.items() if k != "params"} for g in outer.param_groups]),
     }
 
 

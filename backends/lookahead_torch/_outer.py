@@ -368,6 +368,15 @@ def plan_outer_load(
         if values:
             where = f"state_dict['state'][{pid!r}]"
             outer_state[offsets[g] + i] = _checked_entry(where, values, groups[g].slow[i])
+    for g, group in enumerate(groups):
+        present = [offsets[g] + i in outer_state for i in range(len(group.slow))]
+        if any(present) and not all(present):
+            pid = next(pid for pid, (h, i) in index_of.items() if h == g and not present[i])
+            raise ValueError(
+                f"state_dict['state'][{pid!r}] has no outer state ('lookahead_outer_*') while other "
+                f"parameters of param_groups[{g}] have: the outer optimizer steps a group's "
+                "parameters together, so they have outer state all or none"
+            )
     sd = {
         "state": outer_state,
         "param_groups": [{**group, "params": list(range(offsets[g], offsets[g + 1]))}
