@@ -13,6 +13,10 @@ supplies, the one backend hook::
     opt = traceable.lookahead(inner, k=5, alpha=0.5, cond=jax.lax.cond)
     step = jax.jit(opt.step, donate_argnums=(0, 2))
 
+With an outer optimizer (``outer=``, as in `lookahead_core.lookahead`) the
+sync branch is the outer step on the pseudo-gradient φ − θ instead; the
+outer state is carried in a `TraceableOuterLookaheadState`.
+
 With ``jax.lax.cond`` only the branch taken runs, so the k − 1 steps of a cycle
 that do not end with the sync do no interpolation (eq. 0.2 only), and the
 k-th step runs the sync (eq. 0.1's recursion) once. The default ``cond``,
@@ -39,10 +43,25 @@ import array_api_compat
 
 from ._cycle import check_count, completes_cycle
 from ._inner import InnerOptimizer, check_inner, check_inner_state
-from ._lookahead import Lookahead, check_state, inner_step, sync_slow
+from ._lookahead import (
+    DEFAULT_ALPHA,
+    Lookahead,
+    check_alpha_or_outer,
+    check_outer,
+    check_state,
+    inner_step,
+    outer_sync,
+    sync_slow,
+)
 from ._validation import check_alpha, check_arrays, check_k
 
-__all__ = ["Cond", "TraceableLookaheadState", "lookahead", "python_cond"]
+__all__ = [
+    "Cond",
+    "TraceableLookaheadState",
+    "TraceableOuterLookaheadState",
+    "lookahead",
+    "python_cond",
+]
 
 Array = Any
 Arrays = tuple[Array, ...]
@@ -66,6 +85,22 @@ class TraceableLookaheadState(NamedTuple):
     count: Array
 
 
+class TraceableOuterLookaheadState(NamedTuple):
+    """State of the traceable `lookahead` with an outer optimizer.
+
+    Attributes:
+        slow: the slow weights φ, one array per parameter.
+        inner: the inner optimizer's state.
+        count: executed inner steps since the last sync, a 0-d ``int32`` array.
+        outer: the outer optimizer's state.
+    """
+
+    slow: Arrays
+    inner: Any
+    count: Array
+    outer: Any
+
+
 def _check_host_count(count: Any, k: int) -> None:
     """``state.count`` in ``[0, k)`` when reading it costs nothing: a Python int or a NumPy array.
 
@@ -85,7 +120,12 @@ def python_cond(pred: Any, true_fn: Callable[..., Any], false_fn: Callable[..., 
 
 
 def lookahead(
-    inner: InnerOptimizer, k: int = 5, alpha: float = 0.5, *, cond: Cond = python_cond
+    inner: InnerOptimizer,
+    k: int = 5,
+    alpha: float = DEFAULT_ALPHA,
+    *,
+    outer: InnerOptimizer | None = None,
+    cond: Cond = python_cond,
 ) -> Lookahead:
     """Lookahead (Algorithm 1) whose step can be traced and compiled as one function.
 
@@ -100,14 +140,22 @@ def lookahead(
     Args:
         inner: the inner optimizer A; traceable if the step is to be compiled.
         k: synchronization period, an ``int`` >= 1 (bool rejected).
-        alpha: slow weights step size, a finite real in [0, 1].
+        alpha: slow weights step size, a finite real in [0, 1], default 0.5;
+            not with ``outer``.
+        outer: ``None`` (Algorithm 1's sync) or a traceable outer optimizer
+            O: the sync is then `lookahead_core.outer_sync`, O's step on
+            Δ = φ − θ_{t,k} (see `lookahead_core.lookahead`). O's state must
+            keep one structure across its steps (the core's `sgd` and `adam`
+            do: their buffers exist from ``init`` on), since ``cond``'s two
+            branches must return the same structure.
         cond: the conditional, ``cond(pred, true_fn, false_fn, *operands)``:
             ``jax.lax.cond`` under ``jax.jit``; the default `python_cond`
             for eager use.
 
     Returns:
         A `lookahead_core.Lookahead` whose ``init``, ``step`` and ``sync``
-            use a `TraceableLookaheadState`. ``sync`` is unconditional.
+            use a `TraceableLookaheadState` (`TraceableOuterLookaheadState`
+            with ``outer``). ``sync`` is unconditional.
             ``step`` refuses an inner state of another optimizer
             (`lookahead_core.check_inner_state`, also while tracing) and a
             count outside ``[0, k)`` held as a Python int or a NumPy array;
@@ -116,12 +164,15 @@ def lookahead(
     """
     check_inner(inner)
     k = check_k(k)
+    check_alpha_or_outer(alpha, outer is not None)
     alpha = check_alpha(alpha)
     if not callable(cond):
         raise TypeError(
             "cond must be callable as cond(pred, true_fn, false_fn, *operands), "
             f"e.g. jax.lax.cond, got {type(cond).__name__}"
         )
+    if outer is not None:
+        return _outer_lookahead(inner, k, check_outer(outer), cond)
 
     def init(params: Sequence[Array]) -> TraceableLookaheadState:
         xp, params = check_arrays("params", params)
@@ -160,3 +211,52 @@ def lookahead(
         return fast, TraceableLookaheadState(slow, state.inner, count)
 
     return Lookahead(init, step, sync, inner, k, alpha)  # type: ignore[arg-type]
+
+
+def _outer_lookahead(inner: InnerOptimizer, k: int, outer: InnerOptimizer, cond: Cond) -> Lookahead:
+    """The traceable `lookahead` with an outer optimizer: `outer_sync` in the sync branch."""
+
+    def init(params: Sequence[Array]) -> TraceableOuterLookaheadState:
+        xp, params = check_arrays("params", params)
+        count = xp.zeros((), dtype=xp.int32, device=array_api_compat.device(params[0]))
+        slow = tuple(xp.asarray(p, copy=True) for p in params)
+        return TraceableOuterLookaheadState(slow, inner.init(params), count, outer.init(slow))
+
+    def _sync(fast: Arrays, slow: Arrays, count: Array, outer_state: Any) -> tuple[Any, ...]:
+        new_fast, new_slow, outer_state = outer_sync(fast, slow, outer, outer_state)
+        xp = array_api_compat.array_namespace(count)
+        return new_fast, new_slow, xp.zeros_like(count), outer_state
+
+    def _keep(fast: Arrays, slow: Arrays, count: Array, outer_state: Any) -> tuple[Any, ...]:
+        return fast, slow, count, outer_state
+
+    def _check(params: Sequence[Array], state: Any) -> None:
+        check_state(params, state, TraceableOuterLookaheadState)
+        check_inner_state(outer, state.outer, len(params), "state.outer")
+
+    def step(
+        params: Sequence[Array], grads: Sequence[Array], state: TraceableOuterLookaheadState
+    ) -> tuple[Arrays, TraceableOuterLookaheadState]:
+        xp, params = check_arrays("params", params)
+        _check(params, state)
+        _check_host_count(state.count, k)
+        check_inner_state(inner, state.inner, len(params), "state.inner")
+        fast, inner_state = inner_step(xp, inner, params, grads, state.inner)
+        due = completes_cycle(state.count, k)
+        count = xp.asarray(state.count + 1)
+        fast, slow, count, outer_state = cond(
+            due, _sync, _keep, fast, tuple(state.slow), count, state.outer
+        )
+        return tuple(fast), TraceableOuterLookaheadState(
+            tuple(slow), inner_state, count, outer_state
+        )
+
+    def sync(
+        params: Sequence[Array], state: TraceableOuterLookaheadState
+    ) -> tuple[Arrays, TraceableOuterLookaheadState]:
+        _, params = check_arrays("params", params)
+        _check(params, state)
+        fast, slow, count, outer_state = _sync(params, tuple(state.slow), state.count, state.outer)
+        return fast, TraceableOuterLookaheadState(slow, state.inner, count, outer_state)
+
+    return Lookahead(init, step, sync, inner, k, None, "fixed", 0.1, outer)  # type: ignore[arg-type]
