@@ -16,7 +16,8 @@ Modules: `lookahead_inplace.base` (the class), `lookahead_inplace.checkpoint`
 (flattening nested inner states to dotted keys and checking them on load),
 `lookahead_inplace.memory` (memory order, overlap and sharing checks),
 `lookahead_inplace.lerp` (the two-sided lerp's weights),
-`lookahead_inplace.nonfinite` (``nonfinite="rollback"``'s argument and check).
+`lookahead_inplace.nonfinite` (``nonfinite="rollback"``'s argument and check),
+`lookahead_inplace.outer` (which outer optimizers run in place, and their scalars).
 """
 
 from .base import InPlaceLookahead
