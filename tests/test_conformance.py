@@ -91,6 +91,14 @@ def test_builtin_capabilities():
         assert isinstance(runner, ReportsMemory) and not isinstance(runner, SkipsSteps), name
 
 
+def test_every_builtin_backend_offers_the_outer_capability():
+    """Ours all run the outer check (a GPU backend skips for want of a device, never n/a)."""
+    for name in builtin_backend_names():
+        backend = load_backend(name)
+        assert not isinstance(backend, BrokenBackend), backend.error
+        assert isinstance(backend, SupportsOuter), name
+
+
 def test_certify_and_tolerance_checks_report_their_worst_error():
     report = certify("core-numpy", ["eq01_closed_form", "reference", "schedule"])
     assert report.status == "ran" and not report.failed

@@ -21,12 +21,17 @@ __all__ = ["CupyBackend", "backend"]
 class _CupyRunner:
     """One `lookahead_cupy.Lookahead` over device copies of the given parameters."""
 
-    def __init__(self, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float, kernel: str):
+    def __init__(self, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float, kernel: str,
+                 outer: Any = None):
         from ._optimizer import Lookahead
 
         self._cupy = require_cupy()
         self._params = [self._cupy.asarray(np.array(p, copy=True)) for p in params]
-        self._opt = Lookahead(self._params, inner.build_core(), k=k, alpha=alpha, kernel=kernel)
+        if outer is None:
+            self._opt = Lookahead(self._params, inner.build_core(), k=k, alpha=alpha, kernel=kernel)
+        else:
+            self._opt = Lookahead(self._params, inner.build_core(), k=k,
+                                  outer=outer.build_core(), kernel=kernel)
 
     def step(self, grads: Sequence[np.ndarray]) -> None:
         self._opt.step([self._cupy.asarray(g) for g in grads])
@@ -99,6 +104,11 @@ class CupyBackend:
 
     def create(self, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float) -> _CupyRunner:
         return _CupyRunner(params, inner, k, alpha, self.kernel)
+
+    def create_outer(self, params: Sequence[np.ndarray], inner: Any, k: int,
+                     outer: Any) -> _CupyRunner:
+        """`Lookahead` with the core's optimizer of ``outer`` as the outer optimizer."""
+        return _CupyRunner(params, inner, k, 0.5, self.kernel, outer)
 
 
 backend = CupyBackend()

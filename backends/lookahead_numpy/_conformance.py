@@ -22,11 +22,15 @@ def _shares_memory(a: np.ndarray, b: np.ndarray) -> bool:
 class _NumpyRunner:
     """One `lookahead_numpy.Lookahead` over fresh copies of the given parameters."""
 
-    def __init__(self, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float) -> None:
+    def __init__(self, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float,
+                 outer: Any = None) -> None:
         from ._optimizer import Lookahead
 
         self._params = [np.array(p, copy=True) for p in params]
-        self._opt = Lookahead(self._params, inner.build_core(), k=k, alpha=alpha)
+        if outer is None:
+            self._opt = Lookahead(self._params, inner.build_core(), k=k, alpha=alpha)
+        else:
+            self._opt = Lookahead(self._params, inner.build_core(), k=k, outer=outer.build_core())
 
     def step(self, grads: Sequence[np.ndarray]) -> None:
         self._opt.step(list(grads))
@@ -90,6 +94,11 @@ class NumpyBackend:
 
     def create(self, params: Sequence[np.ndarray], inner: Any, k: int, alpha: float) -> _NumpyRunner:
         return _NumpyRunner(params, inner, k, alpha)
+
+    def create_outer(self, params: Sequence[np.ndarray], inner: Any, k: int,
+                     outer: Any) -> _NumpyRunner:
+        """`Lookahead` with the core's optimizer of ``outer`` as the outer optimizer."""
+        return _NumpyRunner(params, inner, k, 0.5, outer)
 
 
 backend = NumpyBackend()
