@@ -67,6 +67,8 @@ SCENARIOS = (
     "fsdp2_dcp_adamw",
     "fsdp2_dcp_from_one_rank",
     "zero",
+    "ddp_outer",
+    "fsdp2_outer",
 )
 
 # -- the problem (shared with the test process) ------------------------------------------
@@ -97,6 +99,13 @@ def rank_rows(t: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(out, y)
+
+
+OUTER_LR, OUTER_MOMENTUM = 0.7, 0.9  # the outer scenarios: DiLoCo's outer SGD with Nesterov momentum
+
+
+def make_outer(groups: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=OUTER_LR, momentum=OUTER_MOMENTUM, nesterov=True)
 
 
 INNER: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
@@ -613,12 +622,22 @@ def optimizer_snapshot(model: torch.nn.Module, opt: Any) -> dict[str, Any]:
         entry = opt.state.get(p, {})
         inner.append({key: full([value])[0] if isinstance(value, torch.Tensor) else value
                       for key, value in sorted(entry.items())})
-    return {
+    snapshot = {
         "fast": full(params), "slow": full(list(opt.slow[0])), "inner": inner,
         "counts": opt.counts, "k": opt.k, "alpha": opt.alpha, "rollbacks": opt.rollbacks,
         "groups": [{key: value for key, value in group.items() if key != "params"}
                    for group in opt.param_groups],
     }
+    outer = getattr(opt, "outer_optimizer", None)
+    if outer is not None:  # the outer state, gathered, by slow-weight position
+        snapshot["outer"] = [
+            {key: full([value])[0] if isinstance(value, torch.Tensor) else value
+             for key, value in sorted(outer.state.get(s, {}).items())}
+            for s in opt.slow[0]
+        ]
+        snapshot["outer_groups"] = [{key: value for key, value in group.items() if key != "params"}
+                                    for group in outer.param_groups]
+    return snapshot
 
 
 def train(ctx: Ctx, model: torch.nn.Module, opt: Any, steps: range) -> None:
@@ -629,7 +648,7 @@ def train(ctx: Ctx, model: torch.nn.Module, opt: Any, steps: range) -> None:
         opt.step()
 
 
-def _fsdp2_dcp(ctx: Ctx, inner: str, name: str) -> None:
+def _fsdp2_dcp(ctx: Ctx, inner: str, name: str, outer: bool = False) -> None:
     """Uninterrupted run; a run saved at SAVE_AT through DCP that continues; a resumed run."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -638,7 +657,8 @@ def _fsdp2_dcp(ctx: Ctx, inner: str, name: str) -> None:
 
     def build() -> tuple[torch.nn.Module, Any]:
         model = shard_model(make_model())
-        return model, Lookahead(INNER[inner](model.parameters()), k=K, alpha=ALPHA)
+        sync = {"outer": make_outer} if outer else {"alpha": ALPHA}
+        return model, Lookahead(INNER[inner](model.parameters()), k=K, **sync)
 
     straight_model, straight = build()
     train(ctx, straight_model, straight, range(STEPS))
@@ -652,7 +672,7 @@ def _fsdp2_dcp(ctx: Ctx, inner: str, name: str) -> None:
     at_save = optimizer_snapshot(saved_model, saved)
     dcp.save(dcp_state(saved_model, saved), checkpoint_id=str(path))
     after_save = optimizer_snapshot(saved_model, saved)  # saving must change nothing
-    full_round_trip = _full_state_dict_round_trip(saved_model, saved, build) if inner == "adamw" else None
+    full_round_trip = _full_state_dict_round_trip(saved_model, saved, build) if inner == "adamw" or outer else None
     train(ctx, saved_model, saved, range(SAVE_AT, STEPS))
 
     dist.barrier()
@@ -900,3 +920,59 @@ if __name__ == "__main__":
     print(f"exit codes {codes} in {time.perf_counter() - started:.1f} s; records in {folder}")
     for rank in codes:
         print((folder / f"rank{rank}.log").read_text())
+
+
+def scenario_ddp_outer(ctx: Ctx) -> None:
+    """DDP, Lookahead(SGD Nesterov) with an outer SGD (Nesterov): every rank takes the same outer step."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lookahead_torch import Lookahead
+
+    model = DDP(make_model())
+    opt = Lookahead(INNER["sgd-nesterov"](model.parameters()), k=K, outer=make_outer)
+    fast, slow = [], []
+    for step in range(STEPS):
+        x, y = global_batch(step)
+        opt.zero_grad()
+        loss_fn(model(ctx.rows(x)), ctx.rows(y)).backward()
+        opt.step()
+        fast.append(clones(model.parameters()))
+        slow.append(clones(opt.slow[0]))
+    momentum = [opt.outer_optimizer.state[s]["momentum_buffer"].clone() for s in opt.slow[0]]
+    ctx.save("ddp_outer", {"fast": fast, "slow": slow, "outer_momentum": momentum})
+
+
+def scenario_fsdp2_outer(ctx: Ctx) -> None:
+    """FSDP2 + Lookahead(SGD) with an outer SGD (Nesterov): the outer momentum is sharded like the
+    slow weights, the outer step issues no collective, and a DCP checkpoint (saved mid-cycle, after
+    a sync) resumes bit for bit; SGD's empty inner state exercises DCP's initialization step."""
+    from torch.distributed.tensor import DTensor
+
+    from lookahead_torch import Lookahead
+
+    model = shard_model(make_model())
+    params = list(model.parameters())
+    opt = Lookahead(INNER["sgd"](params), k=K, outer=make_outer)
+    phases, slow_full, fast_full = [], [], []
+    for step in range(STEPS):
+        x, y = global_batch(step)
+        opt.zero_grad()
+        loss_fn(model(ctx.rows(x)), ctx.rows(y)).backward()
+        with CollectiveCounter() as optimizer_step:
+            opt.step()
+        phases.append({"step": step, "optimizer_step": (optimizer_step.dispatched, optimizer_step.sequence)})
+        fast_full.append(full(params))
+        slow_full.append(full(list(opt.slow[0])))
+    layout = []
+    for p, s in zip(params, opt.slow[0]):
+        m = opt.outer_optimizer.state[s]["momentum_buffer"]
+        layout.append({
+            "momentum_is_dtensor": isinstance(m, DTensor),
+            "same_placements": isinstance(m, DTensor) and m.placements == s.placements
+            and m.device_mesh == s.device_mesh,
+            "local_shape": tuple(m.to_local().shape) if isinstance(m, DTensor) else None,
+            "slow_local_shape": tuple(s.to_local().shape),
+        })
+    ctx.save("fsdp2_outer", {"phases": phases, "fast_full": fast_full, "slow_full": slow_full,
+                             "layout": layout})
+    _fsdp2_dcp(ctx, "sgd", "fsdp2_outer_dcp", outer=True)

@@ -165,6 +165,15 @@ def assert_snapshots_equal(actual: dict[str, Any], expected: dict[str, Any]) -> 
                 assert a[key] == e[key]
     for key in ("counts", "k", "alpha", "rollbacks", "groups"):
         assert actual[key] == expected[key], key
+    assert len(actual.get("outer", [])) == len(expected.get("outer", []))
+    for a, e in zip(actual.get("outer", []), expected.get("outer", [])):  # the outer state
+        assert a.keys() == e.keys()
+        for key in a:
+            if isinstance(e[key], torch.Tensor):
+                assert_bit_identical([a[key]], [e[key]])
+            else:
+                assert a[key] == e[key]
+    assert actual.get("outer_groups") == expected.get("outer_groups")
 
 
 def sync_steps(counts: Sequence[int]) -> list[int]:
@@ -658,3 +667,73 @@ def test_replaced_parameters_keep_their_slow_weights_only_if_they_hold_the_same_
     opt.param_groups[0]["params"] = [torch.nn.Parameter(p.detach().clone()) for p in opt.param_groups[0]["params"]]
     with pytest.raises(RuntimeError, match="1 steps into a cycle"):
         opt.step()
+
+
+# -- outer optimizers (SNOO/DiLoCo's outer loop) ------------------------------------------
+
+
+def reference_outer(inner: str, steps: int, k: int) -> dict[str, list]:
+    """Lookahead with an outer SGD (Nesterov) in plain torch, one process, the global batch."""
+    model = W.make_model()
+    params = list(model.parameters())
+    opt = W.INNER[inner](params)
+    slow = [p.detach().clone() for p in params]
+    outer = W.make_outer([{"params": slow}])
+    fast_per_step, slow_per_step = [], []
+    for step in range(steps):
+        opt.zero_grad()
+        x, y = W.global_batch(step)
+        W.loss_fn(model(x), y).backward()
+        opt.step()
+        if (step + 1) % k == 0:
+            with torch.no_grad():
+                for p, s in zip(params, slow):
+                    s.grad = s - p  # Δ = φ − θ
+                outer.step()
+                for p, s in zip(params, slow):
+                    s.grad = None
+                    p.copy_(s)
+        fast_per_step.append([p.detach().clone() for p in params])
+        slow_per_step.append([s.clone() for s in slow])
+    return {"fast": fast_per_step, "slow": slow_per_step, "outer": outer, "slow_final": slow}
+
+
+def test_ddp_with_an_outer_optimizer_keeps_ranks_identical_and_equals_one_process(ranks):
+    records = ranks("ddp_outer")
+    expected = reference_outer("sgd-nesterov", W.STEPS, W.K)
+    for step in range(W.STEPS):
+        assert_bit_identical(records[1]["fast"][step], records[0]["fast"][step])
+        assert_bit_identical(records[1]["slow"][step], records[0]["slow"][step])
+        assert_close(records[0]["fast"][step], expected["fast"][step], step + 1)
+        assert_close(records[0]["slow"][step], expected["slow"][step], step + 1)
+    assert_bit_identical(records[1]["outer_momentum"], records[0]["outer_momentum"])
+    momentum = [expected["outer"].state[s]["momentum_buffer"] for s in expected["slow_final"]]
+    assert_close(records[0]["outer_momentum"], momentum, W.STEPS)
+
+
+def test_fsdp2_outer_state_is_sharded_like_the_slow_weights_and_the_step_communicates_nothing(ranks):
+    records = ranks("fsdp2_outer")
+    expected = reference_outer("sgd", W.STEPS, W.K)
+    for record in records:
+        for entry in record["layout"]:
+            assert entry["momentum_is_dtensor"] and entry["same_placements"]
+            assert entry["local_shape"] == entry["slow_local_shape"]
+        assert all(phase["optimizer_step"] == (0, 0) for phase in record["phases"])  # the outer step too
+        for step in range(W.STEPS):
+            assert_close(record["fast_full"][step], expected["fast"][step], step + 1)
+            assert_close(record["slow_full"][step], expected["slow"][step], step + 1)
+    # the shards of the two ranks differ (the rows are split), the gathered weights agree
+    assert_bit_identical(records[1]["slow_full"][-1], records[0]["slow_full"][-1])
+
+
+def test_fsdp2_outer_dcp_round_trip_is_bit_exact_and_resumes_bit_exactly(ranks):
+    for record in ranks("fsdp2_outer_dcp"):
+        at_save = record["at_save"]
+        assert at_save["counts"] == (W.SAVE_AT % W.K,)
+        assert [sorted(entry) for entry in at_save["outer"]] == [["momentum_buffer"]] * 4
+        assert_snapshots_equal(record["after_save"], at_save)  # saving changed nothing
+        assert_snapshots_equal(record["at_load"], at_save)
+        assert_snapshots_equal(record["saved_then_continued"], record["straight"])
+        assert_snapshots_equal(record["resumed"], record["straight"])
+        assert record["full_round_trip"]["slow_is_full"]
+        assert_snapshots_equal(record["full_round_trip"]["loaded"], at_save)
