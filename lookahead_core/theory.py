@@ -968,7 +968,10 @@ def nqm_simulate(
 
     Args:
         optimizer: a fixed-α `Lookahead`, e.g. ``lookahead(sgd(lr=γ), k, α)``,
-            or an `InnerOptimizer` such as ``sgd(lr=γ)`` run alone.
+            one with an outer optimizer, e.g. ``lookahead(sgd(lr=γ), k,
+            outer=sgd(lr=η, momentum=μ, nesterov=True))`` (compare with
+            `nqm_outer_moments`), or an `InnerOptimizer` such as
+            ``sgd(lr=γ)`` run alone.
         theta0: the common start, a 1-D array of d entries (deterministic,
             so V[θ₀] = 0).
         curvature: aᵢ > 0, like ``theta0``.

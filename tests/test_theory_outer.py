@@ -431,3 +431,31 @@ def test_bad_input_leaves_the_state_untouched():
         theory.nqm_outer_moments(state, A, S2, LR, 5, 0.7, 1.5)
     for x, y in zip(state, before):
         np.testing.assert_array_equal(x, y)
+
+
+# --------------------------------------------------------------------------- every library
+
+
+def test_every_array_library(xp, rng):
+    from core_helpers import asarray, to_numpy
+
+    conv = lambda v: asarray(xp, v)  # noqa: E731
+    a, s2 = conv(A), conv(S2)
+    mean0, var0 = rng.standard_normal(A.shape), rng.uniform(0.0, 1.0, A.shape)
+    pairs = []
+    for nesterov in (False, True):
+        args = (LR, 5, 0.7, 0.6, nesterov)
+        pairs += [
+            (theory.nqm_outer_variance_ratio(a, *args), theory.nqm_outer_variance_ratio(A, *args)),
+            (theory.nqm_outer_stationary_variance(a, s2, *args),
+             theory.nqm_outer_stationary_variance(A, S2, *args)),
+        ]
+        pairs += list(zip(theory.nqm_outer_rate(a, *args), theory.nqm_outer_rate(A, *args)))
+        pairs += list(zip(theory.nqm_outer_stationary_moments(a, s2, *args),
+                          theory.nqm_outer_stationary_moments(A, S2, *args)))
+        got = theory.nqm_outer_moments(theory.nqm_outer_start(conv(mean0), conv(var0)), a, s2, *args)
+        want = theory.nqm_outer_moments(theory.nqm_outer_start(mean0, var0), A, S2, *args)
+        pairs += list(zip(got, want))
+    for got, expected in pairs:
+        assert got.dtype == xp.float64
+        np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-12, atol=1e-300)
