@@ -435,6 +435,39 @@ def test_a_rollback_skips_the_outer_step_and_leaves_its_state_alone(outer):
     assert_bit_identical(params, slow_before)
 
 
+def test_a_non_finite_outer_state_rolls_back_and_restarts():
+    """Adam's second moment overflowed at the last sync (inf): φ and θ are still finite,
+    but every later outer step would make φ NaN. The next sync rolls back and drops the
+    outer state, which the next outer step builds again: the run goes on finite, exactly
+    like a fresh outer Adam started from that φ."""
+    problem = Problem(seed=34, steps=12)
+    params = problem.params()
+    opt = Lookahead(SGD(params, lr=0.05), k=3, outer=OUTERS["adam"][0], nonfinite="rollback")
+    for step in range(3):  # one sync: the outer state exists
+        problem.set_grads(params, step)
+        opt.step()
+    first = flat_slow(opt)[0]
+    opt.outer_optimizer.state[first]["exp_avg_sq"][0] = float("inf")
+    slow_before = [s.clone() for s in flat_slow(opt)]
+    for step in range(3, 6):
+        problem.set_grads(params, step)
+        opt.step()
+    assert opt.rollbacks == 1
+    assert_bit_identical(flat_slow(opt), slow_before)  # no outer step with the poisoned state
+    assert all(s not in opt.outer_optimizer.state for s in flat_slow(opt))  # restarted
+    # From here on, a fresh outer Adam from φ: compare with one built now over clones.
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    ref = Lookahead(SGD(ref_params, lr=0.05), k=3, outer=OUTERS["adam"][0])
+    for step in range(6, 12):
+        problem.set_grads(params, step)
+        problem.set_grads(ref_params, step)
+        opt.step()
+        ref.step()
+    assert all(torch.isfinite(p).all() for p in params)
+    assert_bit_identical(params, [p.detach() for p in ref_params])
+    assert opt.rollbacks == 1
+
+
 @pytest.mark.parametrize("options", [dict(pullback="reset"), dict(reset_inner_state=True)])
 def test_the_inner_state_policies_that_need_no_alpha_work_with_outer(options):
     """reset zeroes the inner momentum at each sync, reset_inner_state drops it: the same as a

@@ -628,14 +628,24 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
 
         The inner state counts too: one huge gradient can make Adam's
         ``exp_avg_sq`` inf while the weights stay finite, and that coordinate
-        would never move again.
+        would never move again. So does an outer optimizer's state: a rollback
+        skips the outer step and keeps that state (the history of the good
+        cycles) unless it is itself inf or NaN, which would poison every later
+        sync; then it restarts too (as in the NumPy and CuPy adapters).
         """
         state = self._slots[g]
         fast = _distributed.locals_(state.params)
         finite = _kernels.all_finite(fast) and _kernels.all_finite(self._inner_state_tensors(state))
+        outer_finite = True
+        if self._outer is not None:
+            outer_finite = _kernels.all_finite(
+                _distributed.locals_(self._outer.group_tensors(state)))
+            finite = finite and outer_finite
         # Sharded parameters: every rank must take the same decision.
         if _distributed.all_ranks_finite(finite, state.params):
             return False
+        if self._outer is not None and not _distributed.all_ranks_finite(outer_finite, state.params):
+            self._outer.drop_state([state])
         _kernels.copy_(fast, _distributed.locals_(state.slow))
         # A blow-up has nearly always poisoned the moments too: restart them.
         restart_inner_state(self._inner, [state])

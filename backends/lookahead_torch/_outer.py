@@ -235,6 +235,11 @@ class Outer:
                     group["lr"] = lr
         self.placeholder = [True] * len(self.placeholder)
 
+    def group_tensors(self, group: GroupState) -> list[torch.Tensor]:
+        """The floating tensors of the outer state of ``group``'s slow weights."""
+        return [v for s in group.slow for v in self.optimizer.state.get(s, {}).values()
+                if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())]
+
     def tensors(self) -> list[torch.Tensor]:
         """The outer state's floating tensors (what the outer optimizer adds to memory)."""
         return [v for entry in self.optimizer.state.values() for v in entry.values()
