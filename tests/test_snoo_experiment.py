@@ -142,10 +142,11 @@ TINY = snoo.Config(
     sweep_task=snoo.TextTask(TINY_WORDS, 5),
     text_tasks=(snoo.TextTask(TINY_CHARS, 10),),
     image_setups=(TINY_DIGITS,),
-    inners=("sgd",),
+    inners=("sgd", "adam"),
     sweep=snoo.Sweep(lrs=(0.5,), momenta=(0.5,), ks=(5, 20)),
     text_seeds=(0,),
     image_seeds=(0, 1),
+    sweep_inners=("sgd",),
 )
 
 
@@ -178,16 +179,19 @@ def test_tiny_run_has_every_row_and_selects_by_the_rule(tiny) -> None:
     text, images = results["runs"]["text"], results["runs"]["images"]
     # sweep: SGD, LA(SGD), the 2 grid settings and the default (not in this grid);
     # transfer: SGD, LA(SGD), the default and the selected setting (once if they agree)
+    # Adam is not swept: Adam, LA(Adam) and the default only, everywhere.
     sweep_keys = ["sgd", "la_sgd", "snoo_sgd_lr0.5_m0.5_k5", "snoo_sgd_lr0.5_m0.5_k20",
                   "snoo_sgd_lr0.7_m0.9_k5"]
-    assert [r["optimizer"] for r in text if r["task"] == "wikipedia"] == sweep_keys
+    adam_keys = ["adam", "la_adam", "snoo_adam_lr0.7_m0.9_k5"]
+    assert [r["optimizer"] for r in text if r["task"] == "wikipedia"] == sweep_keys + adam_keys
     wiki = {e["optimizer"]: e for e in results["summary"]["text"] if e["task"] == "wikipedia"}
     chosen = min(sweep_keys[2:], key=lambda key: wiki[key]["val_nats"]["mean"])
-    assert results["selected"]["sgd"] == wiki[chosen]["outer"]
-    transfer = list(dict.fromkeys(["sgd", "la_sgd", "snoo_sgd_lr0.7_m0.9_k5", chosen]))
+    assert results["selected"] == {"sgd": wiki[chosen]["outer"]}
+    transfer = list(dict.fromkeys(["sgd", "la_sgd", "snoo_sgd_lr0.7_m0.9_k5", chosen])) + adam_keys
     assert [r["optimizer"] for r in text if r["task"] == "shakespeare"] == transfer
     assert [(r["lr_setting"], r["optimizer"], r["seed"]) for r in images] == [
         (lr, key, seed) for lr in ("standard", "high") for key in transfer for seed in (0, 1)]
+    assert "Adam: not swept, the default only." in snoo.markdown(results)
     # every SNOO run ran the adapter's outer step with its own k; the baselines did not
     for r in text + images:
         assert (r["outer"] is not None) == r["optimizer"].startswith("snoo_")
@@ -208,10 +212,12 @@ def test_tiny_baselines_are_the_table_runs_and_steps_to_target_follows_the_curve
         assert run["steps"] == len(training.windows(training.batchify(corpus.train, 8), 20))
         assert run["val_curve_steps"] == list(range(5, run["steps"] + 1, 5))
     wiki = [e for e in results["summary"]["text"] if e["task"] == "wikipedia"]
-    target = next(e for e in wiki if e["optimizer"] == "sgd")["val_nats"]["mean"]
+    targets = {key: next(e for e in wiki if e["optimizer"] == key)["val_nats"]["mean"]
+               for key in ("sgd", "adam")}  # X alone's final loss is the target of X's rows
     for entry in wiki:
         run = next(r for r in results["runs"]["text"]
                    if (r["task"], r["optimizer"]) == ("wikipedia", entry["optimizer"]))
+        target = targets[entry["inner"]]
         assert entry["target_nats"] == target
         values = [*run["val_curve_nats"], run["val_nats"]]
         steps = [*run["val_curve_steps"], run["steps"]]
@@ -220,13 +226,14 @@ def test_tiny_baselines_are_the_table_runs_and_steps_to_target_follows_the_curve
         assert entry["val"]["mean"] == pytest.approx(math.exp(run["val_nats"]))
     # the inner optimizer alone reaches its own final value at its last step at the latest
     assert next(e for e in wiki if e["optimizer"] == "sgd")["steps_to_target"] is not None
-    # images: target = SGD alone's mean final accuracy; reached per epoch on the seed-mean curve
+    # images: target = X alone's mean final accuracy; reached per epoch on the seed-mean curve
     images = data.load_images("digits", 1200)
     for entry in (e for e in results["summary"]["images"] if e["lr_setting"] == "standard"):
         runs = [r for r in results["runs"]["images"]
                 if (r["lr_setting"], r["optimizer"]) == ("standard", entry["optimizer"])]
-        sgd = [r for r in results["runs"]["images"] if (r["lr_setting"], r["optimizer"]) == ("standard", "sgd")]
-        target = statistics.fmean(r["val_accuracy"] for r in sgd)
+        alone = [r for r in results["runs"]["images"]
+                 if (r["lr_setting"], r["optimizer"]) == ("standard", entry["inner"])]
+        target = statistics.fmean(r["val_accuracy"] for r in alone)
         assert entry["steps_per_epoch"] == len(images.x_train) // 64
         means = [statistics.fmean(r["epoch_val_accuracy"][e] for r in runs) for e in range(2)]
         reached = [e + 1 for e, m in enumerate(means) if m >= target]
