@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_conformance_toys import ToyBackend, ToyRunner
 
-from lookahead_conformance import CHECKS, certify, format_report, run_check
+from lookahead_conformance import CHECKS, certify, format_report, load_backend, run_check
 from lookahead_conformance.checks import BAD_HYPERPARAMETERS, FAIL, PASS, bad_gradient_probes
 from lookahead_conformance.report import report_json
 
@@ -153,3 +153,32 @@ def test_the_correct_toy_passes_every_probe():
     result = run_check("bad_input", ToyBackend())
     assert result.status == PASS, result.detail
     assert result.cases == _bad_input_cases(("float32", "float64"))
+
+
+# --- drawn cases follow the seed alone ----------------------------------------------------------
+
+
+def _drawn_cases(monkeypatch) -> list:
+    from lookahead_conformance import checks
+
+    seen = []
+    monkeypatch.setattr(checks, "_run_eq01_case", lambda backend, case, tally: seen.append(case))
+    checks._draw_eq01_cases(load_backend("core-numpy"), checks._Tally(), checks.Settings(seed=11))
+    return seen
+
+
+def test_drawn_cases_do_not_depend_on_the_callers_code(monkeypatch, tmp_path):
+    """Hypothesis draws literals from the source of loaded non-site-packages modules; the
+    kit's draws must not: the same seed gives the same cases whatever else is imported."""
+    before = _drawn_cases(monkeypatch)
+    # A module of the caller's (not under site-packages, not a test file) full of floats and
+    # ints a drawn case could take: k, alpha, syncs, seeds.
+    module = tmp_path / "callers_constants_mod.py"
+    module.write_text("VALUES = [" + ", ".join(
+        [repr(x) for x in (0.123456, 0.987654, 0.31415, 0.271828, 0.4242, 1e-05, 0.999)]
+        + [str(n) for n in (2, 3, 4, 5, 6, 3141592, 2718281, 4242424242)]) + "]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__("callers_constants_mod")
+    after = _drawn_cases(monkeypatch)
+    assert len(before) == len(after) > 0
+    assert after == before

@@ -88,7 +88,8 @@ differs. docs/conformance.md lists what each version changed.
    from the run's seed; eq. 0.1's tolerance with its floor of one smallest
    subnormal per sync.
 2. The ``outer`` check (Lookahead with an outer optimizer; n/a for a backend
-   without ``create_outer``).
+   without ``create_outer``); drawn cases follow the seed alone (no literals
+   harvested from the caller's source, see `_without_local_constants`).
 """
 
 DEFAULT_SEED = 0
@@ -576,7 +577,40 @@ def _draw_eq01_cases(backend: Backend, tally: _Tally, settings: Settings) -> Non
         max_examples=settings.max_examples, deadline=None, derandomize=False, database=None,
         phases=(Phase.generate,), suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet,
     )(test)
-    seed(settings.seed)(test)()
+    with _without_local_constants():
+        seed(settings.seed)(test)()
+
+
+@contextlib.contextmanager
+def _without_local_constants() -> Iterator[None]:
+    """While drawing, no literals harvested from the caller's source code.
+
+    Hypothesis (since 6.131) now and then draws a literal found in the
+    source of any module loaded in the process that is not installed in
+    site-packages: the backend under test, the caller's own code, whatever a
+    test session imported before. The kit's cases would then depend on that
+    code and on what ran earlier, not on the seed alone; a report could not
+    be reproduced elsewhere. This empties that pool (and the cache built from
+    it) for the draw. Its fixed pool of well-known edge values stays. A
+    Hypothesis without the pool has nothing to empty.
+    """
+    try:
+        from hypothesis.internal.conjecture import providers
+
+        empty = providers.Constants()
+        cache = providers.CONSTANTS_CACHE.cache
+        getattr(providers, "_get_local_constants")
+    except (ImportError, AttributeError):
+        yield
+        return
+    from unittest import mock
+
+    cache.clear()
+    try:
+        with mock.patch.object(providers, "_get_local_constants", lambda: empty):
+            yield
+    finally:
+        cache.clear()
 
 
 def check_eq01_cases(backend: Backend, cases: Sequence[Eq01Case]) -> Passed:
