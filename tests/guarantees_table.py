@@ -489,6 +489,78 @@ def construct(subject: Subject, arguments: dict[str, Any]) -> Any:
     return subject.optimizer_class()(subject.arrays, lc.adam(lr=0.01), **settings)
 
 
+def bad_outer(kind: type[Subject]) -> str:
+    """`outer` with an explicit α, with adaptive α, or not an optimizer: refused at construction."""
+    subject = kind()
+    if isinstance(subject, TorchSubject):
+        import functools
+
+        good = functools.partial(subject.torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)
+        bad: Any = "SGD"
+    else:
+        good, bad = lc.sgd(lr=0.7, momentum=0.9, nesterov=True), "sgd"
+    cases = [{"outer": good, "alpha": 0.5}, {"outer": good, "alpha_mode": "adaptive"},
+             {"outer": bad}]
+    return all_refused([refusal(subject, lambda a=arguments: build_outer(subject, a), "outer")
+                        for arguments in cases])
+
+
+def build_outer(subject: Subject, arguments: dict[str, Any]) -> Any:
+    """A second optimizer over the subject's parameters with ``arguments`` (no default α)."""
+    if isinstance(subject, CoreSubject):
+        return lc.lookahead(lc.adam(lr=0.01), 3, **arguments).init(subject.values)
+    if isinstance(subject, TorchSubject):
+        from lookahead_torch import Lookahead
+
+        return Lookahead(subject.torch.optim.SGD(subject.tensors, lr=0.1), k=3, **arguments)
+    return subject.optimizer_class()(subject.arrays, lc.adam(lr=0.01), k=3, **arguments)
+
+
+def outer_mismatch(kind: type[Subject]) -> str:
+    """A state or checkpoint with an outer optimizer's state into an optimizer without one, and
+    the reverse."""
+    subject = kind()
+    if isinstance(subject, CoreSubject):
+        outer = lc.lookahead(lc.adam(lr=0.01), 3, outer=lc.sgd(lr=0.7, momentum=0.9))
+        good = subject.state
+        outcomes = []
+        subject.state = outer.init(subject.values)  # OuterLookaheadState into plain Lookahead
+        outcomes.append(refusal(subject, subject.step, "state"))
+        subject.state = good
+        plain_into_outer = lambda: outer.step(subject.values, gradients(0, subject.dtype), good)
+        outcomes.append(refusal(subject, plain_into_outer, "state"))
+        return all_refused(outcomes)
+    if isinstance(subject, TorchSubject):
+        import functools
+
+        from lookahead_torch import Lookahead
+
+        make_outer = functools.partial(subject.torch.optim.SGD, lr=0.7, momentum=0.9)
+        other = [subject.torch.nn.Parameter(t.detach().clone()) for t in subject.tensors]
+        with_outer = Lookahead(subject.torch.optim.Adam(other, lr=0.01), k=3, outer=make_outer)
+        for p, g in zip(other, gradients(0, subject.dtype)):
+            p.grad = subject.torch.tensor(g, dtype=p.dtype)
+        for _ in range(3):
+            with_outer.step()  # a sync: the outer momentum exists
+        outer_sd = copy.deepcopy(with_outer.state_dict())
+        plain_sd = subject.state_dict()
+        outcomes = [refusal(subject, lambda: subject.load(outer_sd), "outer")]
+        reverse = Subject.__new__(TorchSubject)
+        reverse.opt, reverse.tensors, reverse.torch = with_outer, other, subject.torch
+        outcomes.append(refusal(reverse, lambda: with_outer.load_state_dict(plain_sd), "outer"))
+        return all_refused(outcomes)
+    cls = subject.optimizer_class()
+    arrays = [subject.array(a) for a in subject.params()]
+    with_outer = cls(arrays, lc.adam(lr=0.01), k=3, outer=lc.sgd(lr=0.7, momentum=0.9))
+    outer_sd = with_outer.state_dict()
+    plain_sd = subject.state_dict()
+    outcomes = [refusal(subject, lambda: subject.load(outer_sd), "outer")]
+    reverse = Subject.__new__(type(subject))
+    reverse.opt, reverse.arrays = with_outer, arrays
+    outcomes.append(refusal(reverse, lambda: with_outer.load_state_dict(plain_sd), "outer"))
+    return all_refused(outcomes)
+
+
 def bad_gradient(kind: type[Subject]) -> str:
     subject = kind()
     if isinstance(subject, TorchSubject):
@@ -738,6 +810,9 @@ ROWS: tuple[Row, ...] = (
     Row(INPUTS, "a bad constructor argument: `k`, `alpha`, `alpha_mode`, `alpha_min`, "
         "`nonfinite`, `pullback` (wrong type, bool, NaN, out of range)", bad_argument,
         _claims(REFUSED, REFUSED, REFUSED)),
+    Row(INPUTS, "`outer` with `alpha` or `alpha_mode=\"adaptive\"`, or an `outer` that is no "
+        "optimizer (the core, NumPy, CuPy: a `lookahead_core` optimizer; PyTorch: a factory of "
+        "a torch optimizer)", bad_outer, _claims(REFUSED, REFUSED, REFUSED)),
     Row(INPUTS, "a bad gradient to `step` (count, shape, dtype, not an array, `None`)",
         bad_gradient, _claims(REFUSED, REFUSED, NA_GRAD)),
     Row(INPUTS, "bad parameters (not floating arrays, empty, `None`, read-only)", bad_params,
@@ -756,6 +831,8 @@ ROWS: tuple[Row, ...] = (
         _claims(REFUSED, REFUSED, REFUSED)),
     Row(CHECKPOINTS, "another optimizer's checkpoint (another inner optimizer)", another_optimizer,
         _claims(REFUSED, REFUSED, REFUSED)),
+    Row(CHECKPOINTS, "a checkpoint with an outer optimizer's state into an optimizer without "
+        "`outer`, or the reverse", outer_mismatch, _claims(REFUSED, REFUSED, REFUSED)),
     Row(CHECKPOINTS, "non-finite slow weights, without rollback",
         lambda kind: nonfinite_slow(kind, None), _claims(USED_SPREADS, KEPT_SPREADS, KEPT_SPREADS)),
     Row(CHECKPOINTS, "non-finite slow weights, `nonfinite=\"rollback\"`",
