@@ -163,6 +163,41 @@ class TorchCase:
             s.detach().numpy().copy() for group in self.opt.slow for s in group]
 
 
+class NumpyOuterCase(NumpyCase):
+    """lookahead_numpy with an outer Nesterov optimizer (SNOO), after a sync: outer state held."""
+
+    name = "numpy-outer"
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        self.params = [rng.standard_normal((3, 2)), rng.standard_normal(4)]
+        self.opt = NumpyLookahead(self.params, lc.adam(lr=0.01), k=3,
+                                  outer=lc.sgd(lr=0.7, momentum=0.9, nesterov=True))
+        self.train(4, seed=1)
+
+
+class TorchOuterCase(TorchCase):
+    """lookahead_torch with an outer torch.optim.SGD (Nesterov), two groups, after a sync."""
+
+    name = "torch-outer"
+
+    def __init__(self) -> None:
+        import functools
+
+        import torch
+
+        from lookahead_torch import Lookahead
+
+        self.torch = torch
+        torch.manual_seed(0)
+        self.params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+        inner = torch.optim.Adam([{"params": self.params[:1]},
+                                  {"params": self.params[1:], "lookahead_k": 2}], lr=0.01)
+        outer = functools.partial(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)
+        self.opt = Lookahead(inner, k=3, outer=outer)
+        self.train(4, seed=1)
+
+
 def _torch_available() -> bool:
     try:
         import torch  # noqa: F401
@@ -171,12 +206,17 @@ def _torch_available() -> bool:
     return True
 
 
-CASES: dict[str, Callable[[], Any]] = {"numpy": NumpyCase, "cupy": CupyCase, "torch": TorchCase}
+CASES: dict[str, Callable[[], Any]] = {"numpy": NumpyCase, "cupy": CupyCase, "torch": TorchCase,
+                                       "numpy-outer": NumpyOuterCase, "torch-outer": TorchOuterCase}
 ADAPTERS = [
     pytest.param("numpy"),
     pytest.param("cupy", marks=pytest.mark.skipif(
         GPU_REASON is not None, reason=GPU_REASON or "a CUDA device is present")),
     pytest.param("torch", marks=pytest.mark.skipif(
+        not _torch_available(), reason="torch not installed")),
+    # With an outer optimizer its state is one more part of the checkpoint to corrupt.
+    pytest.param("numpy-outer"),
+    pytest.param("torch-outer", marks=pytest.mark.skipif(
         not _torch_available(), reason="torch not installed")),
 ]
 
