@@ -838,6 +838,16 @@ def scenario_zero(ctx: Ctx) -> None:
 # -- process management -----------------------------------------------------------------
 
 
+def scenario(name: str) -> Callable[[Ctx], None]:
+    """``scenario_<name>`` of this module, or ``scenario_<name>`` of ``module`` for ``"module:name"``."""
+    if ":" in name:
+        import importlib
+
+        module, name = name.split(":", 1)
+        return getattr(importlib.import_module(module), f"scenario_{name}")
+    return globals()[f"scenario_{name}"]
+
+
 def rank_main(rank: int, world_size: int, port: int, outdir: str, scenarios: Sequence[str],
               timeout_s: float) -> None:
     """Entry point of one rank (a spawned process)."""
@@ -860,7 +870,7 @@ def rank_main(rank: int, world_size: int, port: int, outdir: str, scenarios: Seq
         for name in scenarios:
             started = time.perf_counter()
             try:
-                globals()[f"scenario_{name}"](ctx)
+                scenario(name)(ctx)
             except BaseException:
                 (out / f"{name}.rank{rank}.error").write_text(traceback.format_exc())
                 raise

@@ -71,7 +71,7 @@ WHOLE_MODULE_SKIPS_ALLOWED = {
         "test_torch_adaptive.py", "test_torch_api.py", "test_torch_checkpoint.py",
         "test_torch_features.py", "test_torch_frameworks.py", "test_torch_hardening.py",
         "test_torch_outer.py", "test_torch_reference.py",
-        "test_torch_support.py", "test_snoo_experiment.py",
+        "test_torch_support.py", "test_snoo_experiment.py", "test_local_sgd.py",
     },
 }
 

@@ -40,6 +40,7 @@ __all__ = [
     "local",
     "locals_",
     "same_layout",
+    "zero_type",
 ]
 
 
@@ -49,7 +50,7 @@ def dtensor_type() -> type | None:
     return getattr(module, "DTensor", None)
 
 
-def _zero_type() -> type | None:
+def zero_type() -> type | None:
     module = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
     return getattr(module, "ZeroRedundancyOptimizer", None)
 
@@ -187,7 +188,7 @@ def inner_state_dicts(optimizer: torch.optim.Optimizer) -> list[Any]:
     partition live.
     """
     dicts = [optimizer.state]
-    zero = _zero_type()
+    zero = zero_type()
     if zero is not None and isinstance(optimizer, zero) and hasattr(optimizer, "optim"):
         dicts.append(optimizer.optim.state)
     return dicts
@@ -199,7 +200,7 @@ def check_inner(optimizer: torch.optim.Optimizer) -> None:
     Raises:
         ValueError: a ``ZeroRedundancyOptimizer`` with ``overlap_with_ddp=True``.
     """
-    zero = _zero_type()
+    zero = zero_type()
     if zero is not None and isinstance(optimizer, zero) and getattr(optimizer, "_overlap_with_ddp", False):
         raise ValueError(
             "optimizer is a ZeroRedundancyOptimizer with overlap_with_ddp=True: it steps inside "

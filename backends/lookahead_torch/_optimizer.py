@@ -11,6 +11,7 @@ checkpoint entry points. The rest lives by concern:
 - `._outer`: the outer optimizer (``outer=``), its sync and its part of the checkpoint;
 - `._kernels`: every tensor operation of the sync and the swap;
 - `._distributed`: DTensor, ZeroRedundancyOptimizer and checkpoint-helper specifics;
+- `._averaging`: ``process_group=`` (Local SGD / DiLoCo), the collectives of the averaging sync;
 - `._checks`: argument checks.
 
 When a step does what is decided by `lookahead_core.plan_step`, the same
@@ -26,7 +27,7 @@ import torch
 
 import lookahead_core as lc
 
-from . import _checkpoint, _distributed, _groups, _kernels, _outer
+from . import _averaging, _checkpoint, _distributed, _groups, _kernels, _outer
 from ._checks import (
     check_group_settings,
     check_nonfinite,
@@ -140,6 +141,28 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             supported for DTensor or complex parameters.
         alpha_min: lower end of the adaptive range, a finite real in [0, 1];
             validated in both modes, used only in adaptive mode.
+        process_group: ``None`` (default: no communication, today's behaviour)
+            or a ``torch.distributed.ProcessGroup`` (e.g.
+            ``torch.distributed.group.WORLD``): Local SGD / DiLoCo data
+            parallelism. The model is not wrapped in DDP; each rank takes its
+            k inner steps on its own gradients with no communication, and at
+            each sync of a group the fast weights are first averaged over the
+            group's ranks (one bucketed all-reduce, P bytes, float32 for
+            16-bit parameters), θ ← mean θ, then the sync above (lerp or outer
+            step) runs identically on every rank: φ and θ leave every sync
+            bit-identical on all ranks. At construction (and in
+            ``add_param_group``) each group's parameters are broadcast from
+            the process group's first rank, in place, before φ₀ is taken, so
+            the ranks start identical (as DDP does). Every rank must build the
+            optimizer and call `step`, `sync` and ``add_param_group``
+            together. A collective that fails or outlasts the process group's
+            timeout raises ``RuntimeError`` on the rank, leaving its weights
+            as they were. Not with ``alpha_mode="adaptive"`` (each rank would
+            estimate its own α), a ``ZeroRedundancyOptimizer`` inner (it
+            communicates at every step) or DTensor parameters (FSDP2): a
+            ``ValueError``. Module buffers (BatchNorm statistics) are not
+            averaged. The Distributed page's "Local SGD and DiLoCo" section
+            covers bytes, checkpoints and restarts.
 
     Raises:
         TypeError: an argument of the wrong type (the message names it).
@@ -170,6 +193,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         nonfinite: str | None = None,
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
+        process_group: Any = None,
     ) -> None:
         if isinstance(optimizer, type):
             raise TypeError(
@@ -204,6 +228,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         nonfinite = check_nonfinite(nonfinite)
         inner_policy = inner_state_policy(optimizer, pullback, reset_inner_state)
         _distributed.check_inner(optimizer)
+        process_group = _averaging.check_process_group(process_group)
+        if process_group is not None:
+            _check_averaging_combination(optimizer, alpha_mode)
+            _averaging.check_params([p for group in optimizer.param_groups for p in group["params"]])
         policy = alpha_policy(alpha_mode, alpha_min)
         for g, group in enumerate(optimizer.param_groups):
             _groups.check_group(f"optimizer.param_groups[{g}]", group, k, alpha, policy)
@@ -222,9 +250,13 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._nonfinite = nonfinite
         self._outer: _outer.Outer | None = None
         self._with_outer = outer is not None  # before the outer optimizer exists
+        self._averaging = None if process_group is None else _averaging.Averaging(process_group)
         self._slots: list[GroupState] = []
         self._scratch: dict[_kernels.ScratchKey, torch.Tensor] = {}
         self._swapped: tuple[list[torch.Tensor], list[torch.Tensor], list[Any]] | None = None
+        if self._averaging is not None:
+            # Every rank starts from the first rank's weights (φ₀ included), as DDP does.
+            self._averaging.broadcast_([p for group in optimizer.param_groups for p in group["params"]])
         self._constructing = True
         had_k = ["lookahead_k" in group for group in optimizer.param_groups]
         had_alpha = ["lookahead_alpha" in group for group in optimizer.param_groups]
@@ -309,6 +341,11 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         return None if self._outer is None else self._outer.optimizer
 
     @property
+    def process_group(self) -> Any:
+        """The process group whose ranks' fast weights each sync averages (``None``: no averaging)."""
+        return None if self._averaging is None else self._averaging.group
+
+    @property
     def pullback(self) -> str:
         """What a sync does to the inner momentum: ``"none"``, ``"reset"`` or ``"pullback"``."""
         return self._inner_policy.pullback
@@ -387,6 +424,9 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._refuse_while_swapped("add_param_group")
         where = "param_group"
         check_group_settings(where, param_group, self._k, self._alpha)
+        if self._averaging is not None and isinstance(param_group, Mapping):
+            params = param_group.get("params")
+            _averaging.check_params([params] if isinstance(params, torch.Tensor) else list(params or ()))
         if self._with_outer:
             _refuse_group_alpha(where, param_group)
         self._inner.add_param_group(param_group)
@@ -405,6 +445,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         if not self._with_outer:  # with an outer optimizer there is no α
             group.setdefault("lookahead_alpha", self._alpha)
         keys = [policy.buffer_key for policy in (self._inner_policy, self._alpha_policy)]
+        if self._averaging is not None and not self._constructing:
+            # Every rank starts the group from the first rank's weights (φ₀ included); the
+            # constructor broadcasts all groups at once.
+            self._averaging.broadcast_(group["params"])
         self._slots.append(
             _groups.new_group_state(group["params"], [key for key in keys if key], self._slow_dtype)
         )
@@ -591,7 +635,9 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         Returns:
             The groups synced (``due`` less those ``nonfinite="rollback"`` rolled back).
         """
-        if self._nonfinite == "rollback":
+        if self._averaging is not None:
+            due = self._average(due)
+        elif self._nonfinite == "rollback":
             due = [g for g in due if not self._rolled_back(g)]
         if self._outer is not None:
             return self._outer_sync(due)
@@ -623,6 +669,58 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
                                           self._scratch)
         return due
 
+    def _average(self, due: list[int]) -> list[int]:
+        """``process_group``: θ ← the mean of θ over the ranks, for the groups ``due``.
+
+        With ``nonfinite="rollback"`` each rank's finiteness of each group
+        rides in the same all-reduce, so every rank rolls a group back when
+        any rank found it not finite, and none otherwise.
+
+        Returns:
+            The groups to sync (``due`` less those rolled back).
+        """
+        rollback = self._nonfinite == "rollback"
+        flags: list[float] = []
+        if rollback:
+            for g in due:
+                finite, outer_finite = self._local_finiteness(g)
+                flags += [0.0 if finite else 1.0, 0.0 if outer_finite else 1.0]
+        fast = [p for g in due for p in self._slots[g].params]
+        agreed = self._averaging.average_(fast, flags)  # type: ignore[union-attr]
+        if not rollback:
+            return due
+        kept = []
+        for i, g in enumerate(due):
+            if agreed[2 * i] > 0.0:
+                self._roll_back(g, drop_outer=agreed[2 * i + 1] > 0.0)
+            else:
+                kept.append(g)
+        return kept
+
+    def _local_finiteness(self, g: int) -> tuple[bool, bool]:
+        """Whether group g's fast weights, inner and outer state (this rank's) are finite; and its outer state alone."""
+        state = self._slots[g]
+        fast = _distributed.locals_(state.params)
+        finite = _kernels.all_finite(fast) and _kernels.all_finite(self._inner_state_tensors(state))
+        outer_finite = True
+        if self._outer is not None:
+            outer_finite = _kernels.all_finite(
+                _distributed.locals_(self._outer.group_tensors(state)))
+            finite = finite and outer_finite
+        return finite, outer_finite
+
+    def _roll_back(self, g: int, drop_outer: bool) -> None:
+        """θ ← φ for group g, its inner state (and with ``drop_outer`` its outer state) restarted."""
+        state = self._slots[g]
+        if drop_outer and self._outer is not None:
+            self._outer.drop_state([state])
+        _kernels.copy_(_distributed.locals_(state.params), _distributed.locals_(state.slow))
+        # A blow-up has nearly always poisoned the moments too: restart them.
+        restart_inner_state(self._inner, [state])
+        self._inner_policy.zero_buffers(state)
+        state.count = 0
+        state.rollbacks += 1
+
     def _rolled_back(self, g: int) -> bool:
         """``nonfinite="rollback"``: if group g's fast weights or inner state are not finite, θ ← φ.
 
@@ -634,24 +732,12 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         sync; then it restarts too (as in the NumPy and CuPy adapters).
         """
         state = self._slots[g]
-        fast = _distributed.locals_(state.params)
-        finite = _kernels.all_finite(fast) and _kernels.all_finite(self._inner_state_tensors(state))
-        outer_finite = True
-        if self._outer is not None:
-            outer_finite = _kernels.all_finite(
-                _distributed.locals_(self._outer.group_tensors(state)))
-            finite = finite and outer_finite
+        finite, outer_finite = self._local_finiteness(g)
         # Sharded parameters: every rank must take the same decision.
         if _distributed.all_ranks_finite(finite, state.params):
             return False
-        if self._outer is not None and not _distributed.all_ranks_finite(outer_finite, state.params):
-            self._outer.drop_state([state])
-        _kernels.copy_(fast, _distributed.locals_(state.slow))
-        # A blow-up has nearly always poisoned the moments too: restart them.
-        restart_inner_state(self._inner, [state])
-        self._inner_policy.zero_buffers(state)
-        state.count = 0
-        state.rollbacks += 1
+        drop_outer = self._outer is not None and not _distributed.all_ranks_finite(outer_finite, state.params)
+        self._roll_back(g, drop_outer)
         return True
 
     def _inner_state_tensors(self, state: GroupState) -> list[torch.Tensor]:
@@ -759,6 +845,12 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             raise RuntimeError(
                 "a Lookahead optimizer cannot be pickled or copied inside slow_weights()"
             )
+        if self._averaging is not None:
+            raise TypeError(
+                "a Lookahead with process_group cannot be pickled or copied (a process group "
+                "cannot); save opt.state_dict() on every rank instead and build a new Lookahead "
+                "with the process group to load it"
+            )
         # Hooks, scheduler patches and scratch buffers are not state (torch.optim
         # drops hooks on pickling too); everything else is.
         return {
@@ -785,6 +877,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._slots = state["slots"]
         self._outer = state.get("outer")
         self._with_outer = self._outer is not None
+        self._averaging = None
         self._swapped = None
         self._refresh_scratch()
         # torch's own: empty hook registries (hooks are not pickled) and the step wrapper.
@@ -810,6 +903,23 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
 def _named_params(groups: list[dict[str, Any]], prefix: str = "param_groups") -> list[tuple[str, torch.Tensor]]:
     return [(f"{prefix}[{g}]['params'][{i}]", p) for g, group in enumerate(groups)
             for i, p in enumerate(group["params"])]
+
+
+def _check_averaging_combination(optimizer: torch.optim.Optimizer, alpha_mode: str) -> None:
+    """What ``process_group`` cannot be combined with (checked before anything is built)."""
+    if alpha_mode == "adaptive":
+        raise ValueError(
+            "process_group cannot be combined with alpha_mode='adaptive': each rank would "
+            "estimate its own alpha from its own gradients and the ranks would part; use a fixed "
+            "alpha or outer="
+        )
+    zero = _distributed.zero_type()
+    if zero is not None and isinstance(optimizer, zero):
+        raise ValueError(
+            "process_group cannot be combined with a ZeroRedundancyOptimizer inner optimizer: it "
+            "broadcasts the parameters at every step, so the ranks never train apart; use a plain "
+            "torch.optim optimizer on every rank"
+        )
 
 
 def _refuse_group_alpha(where: str, group: Any) -> None:
