@@ -38,6 +38,8 @@ SCENARIOS = tuple(f"local_sgd_workers:{name}" for name in (
     "ddp_k1", "configs", "bf16", "rollback", "checkpoint", "from_one_process", "refusals",
 ))
 FAILURE_SCENARIOS = ("local_sgd_workers:failure",)
+HSDP_SCENARIOS = ("local_sgd_workers:hsdp",)  # on 4 ranks: 2 replicas x 2 shards
+HSDP_WORLD = 4
 
 
 class Wire:
@@ -354,6 +356,59 @@ def scenario_refusals(ctx: W.Ctx) -> None:
     if ctx.rank == 1:
         record["not_a_member"] = attempt(sgd, process_group=only_rank0)
     ctx.save("refusals", record)
+
+
+def scenario_hsdp(ctx: W.Ctx) -> None:
+    """FSDP2 within each replica, process_group across replicas, on a (replicate, shard) = (2, 2)
+    mesh: rank 2r + s holds shard s of replica r and trains on quarter 2r + s of each batch, so
+    replica r sees half r of it (FSDP2 averages its two quarters' gradients)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from lookahead_torch import Lookahead
+
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replicate", "shard"))
+    replica = mesh.get_local_rank("replicate")
+    record: dict[str, Any] = {"replica": replica}
+    for name, options in (("lookahead", {"alpha": ALPHA}), ("diloco", {"outer": W.make_outer}),
+                          ("rollback", {"alpha": ALPHA, "nonfinite": "rollback"})):
+        model = W.make_model()
+        if replica != 0:  # replicas start apart: the construction broadcasts replica 0's shards
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.25)
+        for module in model:
+            if isinstance(module, torch.nn.Linear):
+                fully_shard(module, mesh=mesh["shard"])
+        fully_shard(model, mesh=mesh["shard"])
+        params = list(model.parameters())
+        opt = Lookahead(W.INNER["sgd-nesterov"](params), k=K, process_group=mesh.get_group("replicate"),
+                        **options)
+        fast, slow, wire = [], [], []
+        for step in range(2 * K if name == "rollback" else STEPS):
+            x, y = W.global_batch(step)
+            if name == "rollback" and step == 2 * K - 1:
+                record["rollback_slow_before"] = W.full(list(opt.slow[0]))
+                if ctx.rank == 3:  # one shard of one replica blows up before the second sync
+                    with torch.no_grad():
+                        params[0].to_local().view(-1)[0] = float("nan")
+            opt.zero_grad()
+            W.loss_fn(model(W.rank_rows(x, ctx.rank, HSDP_WORLD)), W.rank_rows(y, ctx.rank, HSDP_WORLD)).backward()
+            with Wire() as w:
+                opt.step()
+            wire.append(w.calls)
+            fast.append(W.full(params))
+            slow.append(W.full(list(opt.slow[0])))
+        record[name] = {"fast": fast, "slow": slow, "wire": wire, "rollbacks": opt.rollbacks,
+                        "local_numel": sum(p.to_local().numel() for p in params)}
+    # A mesh that shares ranks with process_group is refused before anything is built.
+    model = W.shard_model(W.make_model())
+    try:
+        Lookahead(torch.optim.SGD(model.parameters(), lr=0.1), process_group=world())
+        record["refused"] = None
+    except ValueError as exc:
+        record["refused"] = str(exc)
+    ctx.save("hsdp", record)
 
 
 def write_one_process_checkpoint(outdir: Path) -> dict[str, Any]:

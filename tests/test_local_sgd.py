@@ -1,8 +1,10 @@
 """``Lookahead(..., process_group=...)``: Local SGD / DiLoCo data parallelism on gloo.
 
-Two launches of two gloo ranks on 127.0.0.1 (``distributed_workers.launch``;
-scenarios in ``local_sgd_workers``): the main one (about 10 s here) and the
-failure one (about 10 s; its process groups time out after 3 s). The tests
+Launches of gloo ranks on 127.0.0.1 (``distributed_workers.launch``;
+scenarios in ``local_sgd_workers``): the main one on two ranks (about 10 s
+here), the failure one on two ranks (about 10 s; its process groups time out
+after 3 s), and FSDP2 within replicas on four (2 replicas x 2 shards, about
+16 s). The tests
 compare the ranks' records with
 
 - `simulate`: N workers written here in plain torch (no ``lookahead_torch``):
@@ -72,6 +74,17 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> Launch:
 
 
 @pytest.fixture(scope="module")
+def hsdp(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    outdir = tmp_path_factory.mktemp("local_sgd_hsdp")
+    launch = Launch(outdir, W.launch(outdir, L.HSDP_SCENARIOS, world_size=L.HSDP_WORLD,
+                                     timeout_s=LAUNCH_TIMEOUT_S))
+    records = [torch.load(outdir / f"hsdp.rank{rank}.pt", weights_only=True)
+               if (outdir / f"hsdp.rank{rank}.pt").exists() else launch("hsdp") for rank in range(L.HSDP_WORLD)]
+    assert launch.codes == dict.fromkeys(range(L.HSDP_WORLD), 0)
+    return records
+
+
+@pytest.fixture(scope="module")
 def failure(tmp_path_factory: pytest.TempPathFactory) -> Launch:
     outdir = tmp_path_factory.mktemp("local_sgd_failure")
     return Launch(outdir, W.launch(outdir, L.FAILURE_SCENARIOS, timeout_s=LAUNCH_TIMEOUT_S))
@@ -138,7 +151,7 @@ def assert_close(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor
     assert len(actual) == len(expected)
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert a.shape == e.shape and a.dtype == e.dtype, i
-        scale = max(float(e.abs().max()), 1.0)
+        scale = max(float(e.detach().abs().max()), 1.0)
         error = float((a.detach().double() - e.double()).abs().max())
         assert error <= 8 * steps * eps * scale, f"tensor {i}: {error:.3e} > {8 * steps * eps * scale:.3e}"
 
@@ -337,6 +350,47 @@ def test_a_checkpoint_of_one_process_resumes_on_two_ranks(ranks):
     assert identical(records[0]["slow"][-1], records[1]["slow"][-1])
 
 
+# -- FSDP2 within replicas (HSDP's layout) ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lookahead", "diloco"])
+def test_fsdp2_within_replicas_averages_shards_across_replicas_like_n_workers(hsdp, name):
+    config = {"inner": "sgd-nesterov", "k": L.K, **({"outer": True} if name == "diloco" else {"alpha": L.ALPHA})}
+    expected = simulate(config, range(L.STEPS))  # two workers: the two replicas, each on half the batch
+    for record in hsdp:
+        run = record[name]
+        for step in range(L.STEPS):
+            # FSDP2 averages the two quarters' gradients of a replica, the simulation takes the
+            # half's mean gradient: the DDP tolerance.
+            assert_close(run["fast"][step], expected["fast"][step][record["replica"]], steps=step + 1)
+            assert_close(run["slow"][step], expected["slow"][step], steps=step + 1)
+            # each rank all-reduces its own shard (P/2 here) once per sync, nothing between
+            shard_bytes = run["local_numel"] * 8
+            assert run["wire"][step] == ([("all_reduce", shard_bytes)] if step in sync_steps(L.K) else [])
+    for step in range(L.STEPS):
+        assert all(identical(hsdp[0][name]["slow"][step], r[name]["slow"][step]) for r in hsdp)
+        if step in sync_steps(L.K):
+            assert all(identical(hsdp[0][name]["fast"][step], r[name]["fast"][step]) for r in hsdp)
+        else:
+            assert not identical(hsdp[0][name]["fast"][step], hsdp[2][name]["fast"][step])
+
+
+def test_fsdp2_within_replicas_rolls_back_on_all_ranks_when_one_shard_blows_up(hsdp):
+    for record in hsdp:
+        run = record["rollback"]
+        assert run["rollbacks"] == 1
+        assert identical(run["slow"][-1], record["rollback_slow_before"])
+        assert identical(run["fast"][-1], run["slow"][-1])
+        # one flag agreed within the replica's mesh, then the two flags in the averaging buffer
+        assert run["wire"][-1] == [("all_reduce", 4), ("all_reduce", run["local_numel"] * 8 + 16)]
+
+
+def test_a_mesh_sharing_ranks_with_process_group_is_refused(hsdp):
+    for record in hsdp:
+        assert "process_group shares ranks" in record["refused"]
+        assert "mesh.get_group('replicate')" in record["refused"]
+
+
 # -- failures ------------------------------------------------------------------------------
 
 
@@ -374,7 +428,7 @@ def test_refusals_name_process_group_and_build_nothing_on_any_rank(ranks):
     expected = {
         "adaptive": ("ValueError", "alpha_mode='adaptive'"),
         "zero": ("ValueError", "ZeroRedundancyOptimizer"),
-        "dtensor": ("ValueError", "DTensor parameters"),
+        "dtensor": ("ValueError", "process_group shares ranks"),
         "not_a_group": ("TypeError", "torch.distributed.ProcessGroup"),
         "bad_k": ("ValueError", "alpha must be in [0, 1]"),
         "not_a_member": ("ValueError", "does not include this rank"),

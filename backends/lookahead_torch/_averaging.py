@@ -27,6 +27,11 @@ the group (as DDP broadcasts the module's state at its construction), before
 φ₀ is taken. Every rank of G must therefore build the optimizer (and call
 ``add_param_group``, ``sync()`` and each ``step``) together.
 
+FSDP2. A DTensor parameter is averaged shard by shard: ``fully_shard`` over a
+mesh within each replica and ``process_group`` across replicas (HSDP's
+layout, with the replicas' all-reduce every k steps instead of every step);
+see `check_params`.
+
 Failure. A collective that fails or times out (the process group's
 ``timeout``) raises a `RuntimeError` naming the cause; the rank's
 parameters and slow weights are left as they were before the sync.
@@ -90,20 +95,41 @@ def check_process_group(process_group: Any) -> Any:
     return process_group
 
 
-def check_params(params: Sequence[torch.Tensor]) -> None:
+def check_params(params: Sequence[torch.Tensor], process_group: Any) -> None:
     """Refuse parameters the averaging does not support (before anything is built).
 
+    Plain (replicated) tensors are averaged whole. A DTensor parameter
+    (FSDP2's ``fully_shard``) is averaged shard by shard: each rank
+    all-reduces its local shard with the ranks of ``process_group``, which
+    must hold the same shard of other replicas. So the parameter's device
+    mesh may share no rank but this one with ``process_group`` (shard within
+    a replica, average across replicas, as HSDP lays it out); whether the
+    replicas' shards match is checked at construction (`Averaging.check_shards`).
+
     Raises:
-        ValueError: a DTensor parameter (FSDP2, tensor parallelism).
+        ValueError: a DTensor whose mesh includes other ranks of ``process_group``.
     """
+    dtensor = _distributed.dtensor_type()
+    if dtensor is None or not any(isinstance(p, dtensor) for p in params):
+        return
+    import torch.distributed as dist
+
+    here = dist.get_rank()
+    replicas = set(dist.get_process_group_ranks(process_group))
     for i, p in enumerate(params):
-        if _distributed.is_dtensor(p):
+        if not isinstance(p, dtensor):
+            continue
+        shared = (set(p.device_mesh.mesh.flatten().tolist()) & replicas) - {here}
+        if shared:
             raise ValueError(
-                f"process_group is not supported with DTensor parameters (parameter {i} is one: "
-                "FSDP2's fully_shard or tensor parallelism): the averaging all-reduces whole, "
-                "replicated parameters. Supported: a model that is not wrapped (each rank holds "
-                "the full model) with process_group; or FSDP2 without process_group (every step "
-                "synchronous, the sync local to each shard)"
+                f"process_group shares ranks {sorted(shared)} with the device mesh of parameter {i} "
+                "(a DTensor, e.g. FSDP2's fully_shard): the averaging all-reduces each rank's "
+                "shard with the ranks of process_group, so they must hold the same shard of other "
+                "replicas. Supported: a model that is not sharded; or fully_shard over a mesh "
+                "within each replica and process_group across replicas (e.g. mesh = "
+                "init_device_mesh(device, (replicas, shards), mesh_dim_names=('replicate', "
+                "'shard')); fully_shard(model, mesh=mesh['shard']); "
+                "process_group=mesh.get_group('replicate'))"
             )
 
 
@@ -138,9 +164,37 @@ class Averaging:
         )
 
     @torch.no_grad()
-    def broadcast_(self, params: Sequence[torch.Tensor]) -> None:
-        """Every rank's ``params`` ← those of the group's first rank (in place, bucketed)."""
+    def check_shards(self, params: Sequence[torch.Tensor]) -> None:
+        """DTensor parameters: every rank of the group holds a local shard of the same shape.
+
+        One small all-reduce (the shapes, negated for the minimum). Raises
+        ``ValueError`` on every rank if the replicas are sharded differently.
+        """
         import torch.distributed as dist
+
+        shards = [p.to_local() for p in params if _distributed.is_dtensor(p)]
+        if not shards:
+            return
+        sizes = torch.tensor([n for t in shards for n in t.shape], dtype=torch.int64)
+        both = torch.cat([sizes, -sizes])
+        try:
+            dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
+        except RuntimeError as exc:
+            raise self._failed("the check of the shards' shapes", "No optimizer was built on this rank.",
+                               exc) from exc
+        if not torch.equal(both[: len(sizes)], -both[len(sizes):]):
+            raise ValueError(
+                "process_group: the ranks of the group hold shards of different shapes: each "
+                "must hold the same shard of its own replica (fully_shard every replica alike, "
+                "over a mesh of the same shape)"
+            )
+
+    @torch.no_grad()
+    def broadcast_(self, params: Sequence[torch.Tensor]) -> None:
+        """Every rank's ``params`` ← those of the group's first rank (in place, bucketed; local shards)."""
+        import torch.distributed as dist
+
+        params = _distributed.locals_(params)
 
         source = dist.get_global_rank(self.group, 0)
         try:
@@ -182,6 +236,7 @@ class Averaging:
         """
         import torch.distributed as dist
 
+        fast = _distributed.locals_(fast)
         if not fast:
             return list(flags)
         buckets = _buckets(fast, same_dtype=False)

@@ -159,8 +159,12 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             timeout raises ``RuntimeError`` on the rank, leaving its weights
             as they were. Not with ``alpha_mode="adaptive"`` (each rank would
             estimate its own α), a ``ZeroRedundancyOptimizer`` inner (it
-            communicates at every step) or DTensor parameters (FSDP2): a
-            ``ValueError``. Module buffers (BatchNorm statistics) are not
+            communicates at every step): a ``ValueError``. DTensor parameters
+            (FSDP2's ``fully_shard``) are averaged shard by shard, with
+            ``fully_shard`` over a mesh within each replica and
+            ``process_group`` across replicas (HSDP's layout: a mesh sharing
+            another rank with ``process_group`` is a ``ValueError``). Module
+            buffers (BatchNorm statistics) are not
             averaged. The Distributed page's "Local SGD and DiLoCo" section
             covers bytes, checkpoints and restarts.
 
@@ -231,7 +235,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         process_group = _averaging.check_process_group(process_group)
         if process_group is not None:
             _check_averaging_combination(optimizer, alpha_mode)
-            _averaging.check_params([p for group in optimizer.param_groups for p in group["params"]])
+            _averaging.check_params([p for group in optimizer.param_groups for p in group["params"]],
+                                    process_group)
         policy = alpha_policy(alpha_mode, alpha_min)
         for g, group in enumerate(optimizer.param_groups):
             _groups.check_group(f"optimizer.param_groups[{g}]", group, k, alpha, policy)
@@ -256,7 +261,9 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._swapped: tuple[list[torch.Tensor], list[torch.Tensor], list[Any]] | None = None
         if self._averaging is not None:
             # Every rank starts from the first rank's weights (φ₀ included), as DDP does.
-            self._averaging.broadcast_([p for group in optimizer.param_groups for p in group["params"]])
+            every = [p for group in optimizer.param_groups for p in group["params"]]
+            self._averaging.check_shards(every)
+            self._averaging.broadcast_(every)
         self._constructing = True
         had_k = ["lookahead_k" in group for group in optimizer.param_groups]
         had_alpha = ["lookahead_alpha" in group for group in optimizer.param_groups]
@@ -426,7 +433,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         check_group_settings(where, param_group, self._k, self._alpha)
         if self._averaging is not None and isinstance(param_group, Mapping):
             params = param_group.get("params")
-            _averaging.check_params([params] if isinstance(params, torch.Tensor) else list(params or ()))
+            _averaging.check_params([params] if isinstance(params, torch.Tensor) else list(params or ()),
+                                    self._averaging.group)
         if self._with_outer:
             _refuse_group_alpha(where, param_group)
         self._inner.add_param_group(param_group)
@@ -448,6 +456,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         if self._averaging is not None and not self._constructing:
             # Every rank starts the group from the first rank's weights (φ₀ included); the
             # constructor broadcasts all groups at once.
+            self._averaging.check_shards(group["params"])
             self._averaging.broadcast_(group["params"])
         self._slots.append(
             _groups.new_group_state(group["params"], [key for key in keys if key], self._slow_dtype)
@@ -684,6 +693,9 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         if rollback:
             for g in due:
                 finite, outer_finite = self._local_finiteness(g)
+                params = self._slots[g].params  # sharded: agreed within the replica first
+                finite = _distributed.all_ranks_finite(finite, params)
+                outer_finite = self._outer is None or _distributed.all_ranks_finite(outer_finite, params)
                 flags += [0.0 if finite else 1.0, 0.0 if outer_finite else 1.0]
         fast = [p for g in due for p in self._slots[g].params]
         agreed = self._averaging.average_(fast, flags)  # type: ignore[union-attr]
