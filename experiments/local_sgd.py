@@ -1,8 +1,10 @@
 """Local SGD, Lookahead averaging and DiLoCo against DDP, 4 workers, at equal samples.
 
 ``python experiments/local_sgd.py [--size full|quick] [--out-json ...] [--png ...]``
-(the Distributed page's table and figure; ``full`` takes about 10 minutes on two
-CPU cores, ``quick`` a few seconds).
+(the Distributed page's table and figure; ``full`` takes about 10 minutes per task
+on one CPU core, ``quick`` a few seconds; ``--tasks mnist5k --out-json a.json`` and
+``--tasks shakespeare --out-json b.json`` in two processes, then
+``--from-json a.json b.json``, use two cores).
 
 Four workers, simulated in one process (4 model copies, each with its own
 inner optimizer and its own quarter of every global batch; the same float32
@@ -24,7 +26,8 @@ for k ∈ {4, 16, 64}, the inner optimizer Adam on both tasks:
   accuracy;
 - Shakespeare characters (the Table 3 analogue's 1-layer LSTM, width 128,
   tied embeddings, dropout 0.1, bptt 64, gradient-norm clip 0.25; Adam lr 5e-3):
-  16 streams of text, 4 per worker; validation bits per character.
+  16 streams of text, 4 per worker; bits per character on the first 20,000
+  characters of each validation play.
 
 Every run takes the same number of steps, a multiple of 64, so every k ends
 on a sync and every method has seen the same samples; the reported model is
@@ -73,7 +76,7 @@ class Size:
 
 SIZES = {
     "full": Size(ks=(4, 16, 64), mnist_steps=384, mnist_seeds=(0, 1, 2), text_steps=384,
-                 text_seeds=(0, 1), text_width=128, text_eval_chars=None),
+                 text_seeds=(0, 1), text_width=128, text_eval_chars=20_000),
     "quick": Size(ks=(2, 4), mnist_steps=8, mnist_seeds=(0,), text_steps=8, text_seeds=(0,),
                   text_width=16, text_eval_chars=2000),
 }
@@ -317,9 +320,17 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["mnist5k", "shakespeare"])
     parser.add_argument("--out-json", type=Path, default=ROOT / "docs" / "results" / "local_sgd.json")
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "assets" / "local_sgd.png")
+    parser.add_argument("--from-json", nargs="*", type=Path, default=None,
+                        help="combine the runs of earlier --out-json files (e.g. one task per process) "
+                             "instead of training")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    results = run(SIZES[args.size], tuple(args.tasks))
+    if args.from_json:
+        results = {}
+        for path in args.from_json:
+            results.update(json.loads(path.read_text(encoding="utf-8"))["runs"])
+    else:
+        results = run(SIZES[args.size], tuple(args.tasks))
     rows = summary(results)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps({"size": args.size, "runs": results, "summary": rows}, indent=1) + "\n",

@@ -150,7 +150,8 @@ def scenario_ddp_k1(ctx: W.Ctx) -> None:
         ddp_wire.append({**wire.record(), "bucket_bytes": sum(ddp_bytes)})
         theirs.append(W.clones(ddp.parameters()))
     ctx.save("ddp_k1", {"ours": ours, "ddp": theirs, "ours_wire": ours_wire, "ddp_wire": ddp_wire,
-                        "numel": sum(p.numel() for p in model.parameters())})
+                        "numel": sum(p.numel() for p in model.parameters()),
+                        "listening": W.listening_sockets()})
 
 
 def scenario_configs(ctx: W.Ctx) -> None:
@@ -244,7 +245,21 @@ def scenario_checkpoint(ctx: W.Ctx) -> None:
         for step in range(at, STEPS):
             step_on(ctx, fresh_model, fresh, step)
         resumed[at] = _snapshot(fresh_model, fresh)
+    # Files of different steps on the two ranks: refused on both, nothing loaded.
+    fresh_model = W.make_model()
+    fresh = build(fresh_model, config)
+    before = _snapshot(fresh_model, fresh)
+    mixed = torch.load(paths[SAVE_MID if ctx.rank == 0 else SAVE_SYNC], weights_only=True)
+    try:
+        fresh.load_state_dict(mixed["optim"])
+        mixed_error = None
+    except ValueError as exc:
+        mixed_error = str(exc)
+    after = _snapshot(fresh_model, fresh)
+    unchanged = (all(torch.equal(a, b) for a, b in zip(before["slow"], after["slow"]))
+                 and before["counts"] == after["counts"] and not fresh.state)
     ctx.save("checkpoint", {"uninterrupted": uninterrupted, "resumed": resumed,
+                            "mixed_error": mixed_error, "mixed_unchanged": unchanged,
                             "counts_at_sync_file": torch.load(paths[SAVE_SYNC], weights_only=True)
                             ["optim"]["param_groups"][0]["lookahead_count"]})
 
@@ -408,6 +423,7 @@ def scenario_hsdp(ctx: W.Ctx) -> None:
         record["refused"] = None
     except ValueError as exc:
         record["refused"] = str(exc)
+    record["listening"] = W.listening_sockets()
     ctx.save("hsdp", record)
 
 

@@ -309,6 +309,13 @@ def test_every_rank_saves_its_own_checkpoint_and_resumes_bit_exactly(ranks):
                                  [v for v in b.values() if isinstance(v, torch.Tensor)])
 
 
+def test_checkpoints_of_different_steps_on_the_ranks_are_refused_on_every_rank(ranks):
+    for record in ranks("checkpoint"):
+        assert "loaded checkpoints at different points of the cycle" in record["mixed_error"]
+        assert "from [0] to [1]" in record["mixed_error"]
+        assert record["mixed_unchanged"]
+
+
 def _start_from(saved: dict[str, Any], workers: int) -> dict[str, Any]:
     """A simulation's start from a Lookahead checkpoint: every worker takes the saved inner state."""
     optim = saved["optim"]

@@ -190,6 +190,31 @@ class Averaging:
             )
 
     @torch.no_grad()
+    def check_counts(self, counts: Sequence[int]) -> None:
+        """Every rank loads the same position in the cycle of each group (one small all-reduce).
+
+        Raises:
+            ValueError: on every rank, if the ranks' counts differ (checkpoints of different steps).
+        """
+        import torch.distributed as dist
+
+        mine = torch.tensor(list(counts), dtype=torch.int64)
+        both = torch.cat([mine, -mine])
+        try:
+            dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
+        except RuntimeError as exc:
+            raise self._failed("the agreement on the loaded checkpoint's counts",
+                               "Nothing was loaded on this rank.", exc) from exc
+        high, low = both[: len(counts)].tolist(), (-both[len(counts):]).tolist()
+        if high != low:
+            raise ValueError(
+                "state_dict: the ranks of process_group loaded checkpoints at different points of "
+                f"the cycle (lookahead_count per group: from {low} to {high}; this rank "
+                f"{list(counts)}): load on every rank its file saved at the same step. Nothing "
+                "was loaded"
+            )
+
+    @torch.no_grad()
     def broadcast_(self, params: Sequence[torch.Tensor]) -> None:
         """Every rank's ``params`` ← those of the group's first rank (in place, bucketed; local shards)."""
         import torch.distributed as dist

@@ -827,8 +827,14 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         parameters (load the model first), every cycle restarts, and a
         pullback momentum copy restarts from the loaded momentum.
 
+        With ``process_group`` the load is a collective: the ranks agree, by
+        one small all-reduce before anything is loaded, that their
+        checkpoints are at the same point of every group's cycle.
+
         Raises:
-            TypeError, ValueError: the checkpoint does not fit this optimizer.
+            TypeError, ValueError: the checkpoint does not fit this optimizer
+                (or, with ``process_group``, another rank's checkpoint is at
+                another point of the cycle).
             RuntimeError: called inside `slow_weights`.
         """
         self._refuse_while_swapped("load_state_dict")
@@ -841,6 +847,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
                 state_dict = result
         self._check_structure()
         plan = _checkpoint.plan_load(self, state_dict)
+        if self._averaging is not None:  # every rank must resume at the same point of the cycle
+            self._averaging.check_counts([load.count for load in plan.groups])
         with load_all_or_nothing(self._inner):  # a failure after torch installed the state
             self._inner.load_state_dict(plan.inner)
             if plan.outer is not None:
