@@ -35,8 +35,11 @@ FAIL_STEP = 1  # rank 1 raises inside its second inner step (the first cycle's s
 STUCK_S = 5.0  # how long the raising rank then stays alive without reaching the sync
 
 SCENARIOS = tuple(f"local_sgd_workers:{name}" for name in (
-    "ddp_k1", "configs", "bf16", "rollback", "checkpoint", "from_one_process", "refusals",
+    "ddp_k1", "configs", "bf16", "rollback", "checkpoint", "from_one_process", "refusals", "buckets",
 ))
+BUCKET_SHAPES = ((50, torch.float64), (30, torch.float32), (20, torch.bfloat16), (40, torch.float64),
+                 (10, torch.float32), (64, torch.float16))
+SMALL_BUCKET_BYTES = 256
 FAILURE_SCENARIOS = ("local_sgd_workers:failure",)
 HSDP_SCENARIOS = ("local_sgd_workers:hsdp",)  # on 4 ranks: 2 replicas x 2 shards
 HSDP_WORLD = 4
@@ -425,6 +428,33 @@ def scenario_hsdp(ctx: W.Ctx) -> None:
         record["refused"] = str(exc)
     record["listening"] = W.listening_sockets()
     ctx.save("hsdp", record)
+
+
+def scenario_buckets(ctx: W.Ctx) -> None:
+    """Mixed dtypes in buckets of at most SMALL_BUCKET_BYTES: an explicit sync with alpha = 1 after
+    each rank set its own values, so the result is the plain mean of the ranks' values."""
+    from lookahead_torch import Lookahead, _averaging
+
+    params = [torch.nn.Parameter(torch.zeros(n, dtype=dtype)) for n, dtype in BUCKET_SHAPES]
+    opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=5, alpha=1.0, process_group=world())
+    values = bucket_values(ctx.rank)
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    saved = _averaging.BUCKET_BYTES
+    _averaging.BUCKET_BYTES = SMALL_BUCKET_BYTES
+    try:
+        with Wire() as wire:
+            opt.sync()
+    finally:
+        _averaging.BUCKET_BYTES = saved
+    ctx.save("buckets", {"after": W.clones(params), "slow": W.clones(opt.slow[0]), "wire": wire.record()})
+
+
+def bucket_values(rank: int) -> list[torch.Tensor]:
+    """Rank ``rank``'s values for the `scenario_buckets` parameters (seeded)."""
+    gen = torch.Generator().manual_seed(500 + rank)
+    return [torch.randn(n, generator=gen, dtype=torch.float64).to(dtype) for n, dtype in BUCKET_SHAPES]
 
 
 def write_one_process_checkpoint(outdir: Path) -> dict[str, Any]:

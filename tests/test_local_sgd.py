@@ -178,7 +178,8 @@ def param_bytes(dtype: torch.dtype = torch.float64) -> int:
 
 
 def test_every_scenario_ran_on_both_ranks_and_they_exited_cleanly(ranks):
-    for name in ("ddp_k1", "configs", "bf16", "rollback", "checkpoint", "from_one_process", "refusals"):
+    for name in ("ddp_k1", "configs", "bf16", "rollback", "checkpoint", "from_one_process", "refusals",
+                 "buckets"):
         ranks(name)
     assert ranks.codes == {0: 0, 1: 0}
 
@@ -275,6 +276,29 @@ def test_bfloat16_parameters_are_averaged_in_float32_and_stay_identical(ranks):
     for step in (1, 3):
         assert identical(records[0]["fast"][step], records[1]["fast"][step])
         assert identical(records[0]["slow"][step], records[1]["slow"][step])
+
+
+def test_mixed_dtypes_in_small_buckets_average_to_the_mean_of_the_ranks(ranks):
+    """Buckets of one reduce dtype, at most 256 B unless one tensor is larger: each parameter gets
+    the mean of the two ranks' values, summed in float32 for 16-bit ones, rounded once."""
+    records = ranks("buckets")
+    values = [L.bucket_values(rank) for rank in range(N)]
+    expected = []
+    for (_, dtype), a, b in zip(L.BUCKET_SHAPES, *values):
+        wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        expected.append(((a.to(wide) + b.to(wide)) / N).to(dtype))
+    for record in records:
+        assert identical(record["after"], expected)
+        assert identical(record["slow"], expected)  # alpha = 1: φ is the mean too
+        calls = record["wire"]["calls"]
+        reduced = [n * (8 if dtype == torch.float64 else 4) for n, dtype in L.BUCKET_SHAPES]
+        assert all(name == "all_reduce" for name, _ in calls)
+        assert sum(size for _, size in calls) == sum(reduced)
+        # float64: 400 B, then 320 B (each over 256 B alone); float32: 120 + 80 (bfloat16) + 40 B,
+        # then float16's 256 B: four buckets, by hand, issued as they fill (full ones first)
+        assert [size for _, size in calls] == [400, 240, 320, 256]
+        assert record["wire"]["sequence"] == 4
+        assert all(size <= max(L.SMALL_BUCKET_BYTES, max(reduced)) for _, size in calls)
 
 
 def test_a_blow_up_on_one_rank_rolls_every_rank_back_in_the_same_all_reduce(ranks):

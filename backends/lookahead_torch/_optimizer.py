@@ -87,7 +87,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
     through ``torch.distributed.checkpoint`` with torch's own
     ``get_optimizer_state_dict`` and ``set_optimizer_state_dict``
     (``torch.distributed.checkpoint.state_dict``): everything Lookahead holds
-    is in the checkpoint's ``state`` and ``param_groups``.
+    is in the checkpoint's ``state`` and ``param_groups``. With
+    ``process_group`` (Local SGD, DiLoCo) the model is not wrapped in DDP:
+    the ranks train apart and average their fast weights at each sync, one
+    all-reduce every k steps instead of DDP's every step.
 
     Args:
         optimizer: the inner optimizer A, an instance of ``torch.optim.Optimizer``
