@@ -227,27 +227,28 @@ def run_world(world: int, ks: list[int], steps: int, rounds: int, deadline_s: fl
     return torch.load(out, weights_only=True)
 
 
+def _ms(times: list[float]) -> str:
+    return f"{1e3 * statistics.median(times):.1f} ({1e3 * min(times):.1f}–{1e3 * max(times):.1f})"
+
+
 def table(measured: dict[int, dict[str, Any]], ks: list[int], steps: int, rounds: int) -> str:
     params = next(iter(measured.values()))["params"]
     lines = [
         f"MLP {IN}-{WIDTH}x{DEPTH}-{OUT} ({params:,} float32 parameters, P = {4 * params / 2**20:.2f} MiB), "
         f"batch {BATCH} per rank, SGD (lr 0.01, momentum 0.9); median of {rounds} rounds of {steps} steps.",
         "",
-        "| ranks | method | k | ms per step | bytes per step per rank | ÷ DDP's bytes |",
+        "| ranks | method | k | ms per step, median (min–max) | bytes per step per rank | ÷ DDP's bytes |",
         "|---|---|---|---|---|---|",
     ]
     for world, data in measured.items():
         results = data["results"]
         ddp = results[ks[0]]["DDP"]
-        lines.append(f"| {world} | DDP | – | {1e3 * statistics.median(ddp['times']):.2f} | "
-                     f"{ddp['bytes']:,.0f} | 1 |")
+        lines.append(f"| {world} | DDP | – | {_ms(ddp['times'])} | {ddp['bytes']:,.0f} | 1 |")
         for k in ks:
             for method in METHODS[1:]:
                 r = results[k][method]
-                lines.append(f"| {world} | {method} | {k} | {1e3 * statistics.median(r['times']):.2f} | "
-                             f"{r['bytes']:,.0f} | 1/{ddp['bytes'] / r['bytes']:.2f} |"
-                             if r["bytes"] else f"| {world} | {method} | {k} | "
-                             f"{1e3 * statistics.median(r['times']):.2f} | 0 | 0 |")
+                ratio = f"1/{ddp['bytes'] / r['bytes']:.2f}" if r["bytes"] else "0"
+                lines.append(f"| {world} | {method} | {k} | {_ms(r['times'])} | {r['bytes']:,.0f} | {ratio} |")
     return "\n".join(lines)
 
 
