@@ -224,25 +224,34 @@ def grid(size: Size) -> list[tuple[str, int | None]]:
     return [("DDP", None)] + [(m, k) for k in size.ks for m in METHODS[1:]]
 
 
-def run(size: Size, tasks: tuple[str, ...] = ("mnist5k", "shakespeare")) -> dict[str, Any]:
+def run(size: Size, tasks: tuple[str, ...] = ("mnist5k", "shakespeare"),
+        checkpoint: Path | None = None) -> dict[str, Any]:
+    """Every (method, k) for one seed, then the next seed; ``checkpoint``: the runs so far, after each."""
     import torch
 
     from experiments.reproduce import data
 
     torch.set_num_threads(1)
     results: dict[str, Any] = {}
+
+    def done(task: str, record: dict[str, Any]) -> None:
+        results.setdefault(task, []).append(record)
+        if checkpoint is not None:
+            checkpoint.write_text(json.dumps({"runs": results}) + "\n", encoding="utf-8")
+
     if "mnist5k" in tasks:
         images = data.load_images("mnist5k", 4000)
-        results["mnist5k"] = [
-            {"method": m, "k": k, "seed": seed, **run_mnist(m, k or 1, seed, size.mnist_steps, images)}
-            for m, k in grid(size) for seed in size.mnist_seeds]
+        for seed in size.mnist_seeds:
+            for m, k in grid(size):
+                done("mnist5k", {"method": m, "k": k, "seed": seed,
+                                 **run_mnist(m, k or 1, seed, size.mnist_steps, images)})
     if "shakespeare" in tasks:
         chars = size.text_steps * 16 * 64 + 16
         corpus = data.load_shakespeare(chars, size.text_eval_chars)
-        results["shakespeare"] = [
-            {"method": m, "k": k, "seed": seed,
-             **run_text(m, k or 1, seed, size.text_steps, corpus, size.text_width)}
-            for m, k in grid(size) for seed in size.text_seeds]
+        for seed in size.text_seeds:
+            for m, k in grid(size):
+                done("shakespeare", {"method": m, "k": k, "seed": seed,
+                                     **run_text(m, k or 1, seed, size.text_steps, corpus, size.text_width)})
     return results
 
 
@@ -330,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.from_json:
             results.update(json.loads(path.read_text(encoding="utf-8"))["runs"])
     else:
-        results = run(SIZES[args.size], tuple(args.tasks))
+        results = run(SIZES[args.size], tuple(args.tasks), checkpoint=args.out_json.with_suffix(".partial.json"))
     rows = summary(results)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps({"size": args.size, "runs": results, "summary": rows}, indent=1) + "\n",
