@@ -76,6 +76,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from . import _fused
+
 __all__ = [
     "CPU_BLOCK_BYTES",
     "CPU_BLOCK_L2_FRACTION",
@@ -222,6 +224,12 @@ PIECE_ALIGN = 64
 every vector loop's stride."""
 
 
+@functools.lru_cache(maxsize=1)
+def _fused_available() -> bool:
+    """Whether CUDA pairs go through the fused Triton kernel (`lookahead_torch._fused`)."""
+    return _fused.available()
+
+
 def scratch_elements(total: int) -> int:
     """Elements of the upcast scratch for ``total`` mixed-dtype elements on one device."""
     return min(total, max(MIN_CHUNK_ELEMENTS, min(MAX_CHUNK_ELEMENTS, total // 8)))
@@ -248,7 +256,8 @@ def make_scratch(
     """
     totals: dict[ScratchKey, int] = {}
     for f, s in zip(fast, slow):
-        if f.dtype != s.dtype:
+        if f.dtype != s.dtype and not (f.device.type == "cuda" and _fused_available()
+                                       and _fused.supports(f, s)):
             key = scratch_key(s)
             totals[key] = totals.get(key, 0) + f.numel()
     scratch = {}
@@ -331,6 +340,15 @@ def lerp_and_copy_(
         scratch: the buffers of `make_scratch`, needed when a pair mixes dtypes.
     """
     for (device, fast_dtype, slow_dtype), (fs, ss) in _buckets(fast, slow).items():
+        if device.type == "cuda" and _fused_available():
+            fused = [_fused.supports(f, s) for f, s in zip(fs, ss)]
+            if any(fused):
+                _fused.lerp_and_copy_([f for f, ok in zip(fs, fused) if ok],
+                                      [s for s, ok in zip(ss, fused) if ok], alpha)
+                fs = [f for f, ok in zip(fs, fused) if not ok]
+                ss = [s for s, ok in zip(ss, fused) if not ok]
+                if not fs:
+                    continue
         if fast_dtype == slow_dtype:
             if device.type == "cpu":
                 lerp_and_copy_blocked(fs, ss, alpha, cpu_block_bytes() // fast_dtype.itemsize)
@@ -651,7 +669,15 @@ def pseudo_gradients_(fast: Tensors, slow: Tensors) -> list[torch.Tensor]:
         fs, ss = buckets.setdefault((f.device, f.dtype), ([], []))
         fs.append(f)
         ss.append(s)
-    for fs, ss in buckets.values():
+    for (device, _), (fs, ss) in buckets.items():
+        if device.type == "cuda" and _fused_available():
+            fused = [_fused.supports(f, s) for f, s in zip(fs, ss)]
+            _fused.pseudo_gradients_([f for f, ok in zip(fs, fused) if ok],
+                                     [s for s, ok in zip(ss, fused) if ok])
+            fs = [f for f, ok in zip(fs, fused) if not ok]
+            ss = [s for s, ok in zip(ss, fused) if not ok]
+            if not fs:
+                continue
         torch._foreach_neg_(fs)
         torch._foreach_add_(fs, ss)
     return out
