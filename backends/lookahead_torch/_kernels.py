@@ -43,8 +43,16 @@ see the Performance page for the measurements (1 thread, 100M float32: 0.94 of
 the plain-copy bandwidth and 1.5 × the unblocked kernel on a quiet machine).
 The mixed-dtype CPU path uses the same piece size for its batches (and its
 scratch holds one piece) instead of `scratch_elements` (bfloat16 parameters, float32 slow copy, 1 thread: 1.09 ×
-faster on ResNet-18 shapes, 1.32 × on 100M values). On CUDA one multi-tensor
-launch over whole tensors is already at the memory bandwidth: no blocking there.
+faster on ResNet-18 shapes, 1.32 × on 100M values).
+
+On CUDA, dense pairs of float32, bfloat16 or float16 parameters (with slow
+copies of their dtype or of float32) go through one fused Triton kernel
+(`lookahead_torch._fused`): one pass that reads θ and φ once and writes both,
+one launch for any number of tensors, the overflow repaired in registers (no
+check before the lerp, no upcast scratch), the CPU path's bits. Where triton
+is missing, and for other dtypes and strided tensors, the foreach path below
+runs unblocked. The outer optimizers' ``Δ = φ − θ`` (`pseudo_gradients_`)
+goes through the same kernel.
 
 Overflow. ``θ − φ`` overflows when θ and φ are finite, near the largest value
 of the dtype the lerp computes in, with opposite signs (float32, float64, and
