@@ -652,7 +652,9 @@ def pseudo_gradients_(fast: Tensors, slow: Tensors) -> list[torch.Tensor]:
     the bits of ``φ − θ``, signed zeros included) and the returned tensor is
     ``fast[i]`` itself: θ is overwritten by φ after the outer step, so the
     sync allocates nothing. A pair whose slow copy is wider (``slow_dtype``)
-    gets a new tensor of the slow dtype (θ upcast exactly, one rounding).
+    gets a new tensor of the slow dtype (θ upcast exactly, one rounding), and
+    one whose slow copy is in host memory (``slow_device="cpu"``) a new host
+    tensor: the outer optimizer then steps in host memory, where its state is.
     DTensors are computed on their local shards; the result is laid out like
     the slow tensor.
 
@@ -664,7 +666,11 @@ def pseudo_gradients_(fast: Tensors, slow: Tensors) -> list[torch.Tensor]:
     same_fast: list[torch.Tensor] = []
     same_slow: list[torch.Tensor] = []
     for f, s in zip(fast, slow):
-        if f.dtype == s.dtype:
+        if f.device != s.device:
+            # Slow weights in host memory (slow_device="cpu"): Δ there too, beside φ
+            # (θ brought over, upcast exactly where the slow dtype is wider).
+            out.append(torch.sub(s, f.to(s.device)))
+        elif f.dtype == s.dtype:
             out.append(f)
             local_f, local_s = _local(f), _local(s)
             if local_f.numel() > 0:
@@ -706,7 +712,11 @@ def copy_(dst: Tensors, src: Tensors) -> None:
         ds.append(d)
         ss.append(s)
     for ds, ss in by_device.values():
-        torch._foreach_copy_(ds, ss)
+        if any(d.device != s.device for d, s in zip(ds, ss)):  # slow_device="cpu"
+            for d, s in zip(ds, ss):
+                d.copy_(s, non_blocking=False)
+        else:
+            torch._foreach_copy_(ds, ss)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -725,14 +735,20 @@ def swap_(fast: Tensors, slow: Tensors) -> list[torch.Tensor | None]:
     included). A pair with a wider slow dtype cannot hold both values in its
     two buffers: the fast values are stashed in a temporary of the parameter's
     size and dtype, and the parameter receives φ rounded to nearest; the slow
-    copy is not changed.
+    copy is not changed. A pair whose slow copy is in host memory
+    (``slow_device="cpu"``) is stashed in host memory the same way.
 
     Returns:
         The stash per pair (``None`` for a pair swapped in place), for `unswap_`.
     """
     stashes: list[torch.Tensor | None] = []
     for f, s in zip(fast, slow):
-        if f.dtype == s.dtype:
+        if f.device != s.device:
+            # Slow weights in host memory (slow_device="cpu"): θ is stashed there too,
+            # so the GPU holds nothing extra.
+            stashes.append(f.to(s.device, copy=True))
+            f.copy_(s)
+        elif f.dtype == s.dtype:
             a, b = _bits(f), _bits(s)
             a.bitwise_xor_(b)
             b.bitwise_xor_(a)
