@@ -235,3 +235,10 @@ def test_offload_keeps_no_slow_copy_on_the_gpu():
     torch.cuda.synchronize()
     # The staging buffer (1 MiB) and the fused kernel's tables; no slow copy (16 MiB).
     assert torch.cuda.memory_allocated() - before <= (1 << 20) + (1 << 16)
+
+
+def test_slow_device_with_adaptive_alpha_is_refused():
+    inner = torch.optim.SGD(_model(), lr=0.1)
+    with pytest.raises(ValueError, match="alpha_mode='adaptive'.*slow_device"):
+        Lookahead(inner, slow_device="cpu", alpha_mode="adaptive")
+    assert "lookahead_k" not in inner.param_groups[0]

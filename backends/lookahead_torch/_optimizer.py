@@ -215,6 +215,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         slow_dtype = check_slow_dtype(slow_dtype)
         slow_device = _offload.check_slow_device(slow_device)
         offload_buffer_bytes = _offload.check_offload_buffer_bytes(offload_buffer_bytes, slow_device)
+        if slow_device is not None and alpha_mode == "adaptive":
+            raise ValueError("alpha_mode='adaptive' estimates alpha from the slow weights and the "
+                             "gradients on the device at every sync; with slow_device='cpu' use "
+                             "alpha_mode='fixed'")
         nonfinite = check_nonfinite(nonfinite)
         inner_policy = inner_state_policy(optimizer, pullback, reset_inner_state)
         _distributed.check_inner(optimizer)
