@@ -29,8 +29,8 @@ weights in host memory are complete whenever Python can see them
 The staging buffer holds `DEFAULT_STAGING_BYTES` (64 MiB) unless the
 optimizer's ``offload_buffer_bytes`` says otherwise, in the slow dtype, two
 halves of ``offload_buffer_bytes / 2``, allocated on each device once, at
-the first sync. Smaller buffers cost more chunks (one launch and two copies
-each); a chunk of 32 MiB keeps the link busy.
+the first sync (no larger than the parameters need). Smaller buffers cost more
+chunks (one launch and two copies each); a chunk of 32 MiB keeps the link busy.
 
 Without a CUDA device there is nothing to offload: the option is refused
 (`check_offloadable`) with the reason, rather than silently ignored.
@@ -147,13 +147,20 @@ class Stager:
         """The staging buffers allocated so far (workspace, not state)."""
         return list(self._buffers.values())
 
-    def _halves(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _halves(self, device: torch.device, dtype: torch.dtype,
+                total: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two halves for a bucket of ``total`` elements: each at most half the buffer,
+        no larger than the bucket needs (kept, and grown for a larger bucket up to the limit)."""
+        align = _kernels.PIECE_ALIGN
+        limit = self.staging_bytes // 2 // dtype.itemsize
+        limit -= limit % align
+        want = min(limit, total + (-total) % align + align * 64)  # room for aligned pieces
         key = (device, dtype)
         buffer = self._buffers.get(key)
-        if buffer is None:
-            half = self.staging_bytes // 2 // dtype.itemsize
-            half -= half % _kernels.PIECE_ALIGN
-            buffer = torch.empty(2 * half, dtype=dtype, device=device)
+        if buffer is None or buffer.numel() < 2 * want:
+            buffer = None  # free the smaller one first
+            self._buffers.pop(key, None)
+            buffer = torch.empty(2 * want, dtype=dtype, device=device)
             self._buffers[key] = buffer
         half = buffer.numel() // 2
         return buffer[:half], buffer[half:]
@@ -198,7 +205,7 @@ class Stager:
             yield chunk
 
     def _sync_bucket(self, device, dtype, pairs, alpha: float) -> None:
-        halves = self._halves(device, dtype)
+        halves = self._halves(device, dtype, sum(f.numel() for f, _ in pairs))
         copy_in, work = self._stream_pair(device)
         if copy_in is None:  # no streams (the CPU, in the tests): the same steps in order
             for chunk in self._chunks(pairs, halves[0].numel()):
