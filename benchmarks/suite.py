@@ -85,7 +85,14 @@ def cpu_blocking() -> str:
     block = _kernels.cpu_block_bytes()
     source = (f"L2 {l2 // 1024} KiB / {_kernels.CPU_BLOCK_L2_FRACTION}" if l2
               else "L2 size unknown: the default")
-    return f"PyTorch CPU sync blocking: pieces of {block // 1024} KiB per tensor ({source})"
+    candidates = _kernels.BlockTuner(block, 1 << 40).candidates[:-1]
+    line = (f"PyTorch CPU sync blocking: base piece {block // 1024} KiB per tensor ({source}); "
+            f"each bucket times {', '.join(f'{c // 1024} KiB' for c in candidates)} and unblocked "
+            f"over its first {_kernels.TUNING_ROUNDS} × {len(candidates) + 1} syncs and keeps the fastest")
+    chosen = _kernels.block_choices()
+    if chosen:
+        line += "; chosen: " + "; ".join(f"{bucket}: {choice}" for bucket, choice in sorted(chosen.items()))
+    return line
 
 
 def machine() -> str:

@@ -142,7 +142,10 @@ def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
         _kernels.lerp_and_copy_(fast, slow, 0.3)
     finally:
         _kernels.lerp_and_copy_blocked = real
-    assert seen == [block]
+    # The first sync of a bucket times the first candidate piece size (BlockTuner).
+    tuner = _kernels.BlockTuner(_kernels.cpu_block_bytes(), 4 * sum(f.numel() for f in fast))
+    assert seen == [tuner.candidates[0] // 4]
+    assert seen[0] < 3 * block + 5  # cut into pieces
     _unblocked(ref_fast, ref_slow, 0.3)
     for a, b in zip(fast + slow, ref_fast + ref_slow):
         assert _torch_bits_equal(a, b)
@@ -180,6 +183,47 @@ def test_torch_cpu_block_follows_the_l2_size():
     assert _kernels.block_bytes_for_l2(64 * 1024) == 32 * 1024        # clamped below
     assert _kernels.block_bytes_for_l2(64 * 1024 * 1024) == 1024 * 1024  # and above
     assert _kernels.block_bytes_for_l2(None) == _kernels.CPU_BLOCK_BYTES  # unknown
+
+
+@needs_torch
+def test_torch_block_tuner_times_every_candidate_then_keeps_the_fastest():
+    tuner = _kernels.BlockTuner(128 * 1024, 400 * 1024 * 1024)
+    assert tuner.candidates == [64 * 1024, 128 * 1024, 256 * 1024, 512 * 1024, 400 * 1024 * 1024]
+    seconds = {64 * 1024: 3.0, 128 * 1024: 2.0, 256 * 1024: 1.5, 512 * 1024: 1.7,
+               400 * 1024 * 1024: 2.5}
+    order = []
+    for _ in range(_kernels.TUNING_ROUNDS * len(tuner.candidates)):
+        assert tuner.choice is None
+        block = tuner.next()
+        order.append(block)
+        tuner.record(block, seconds[block])
+    assert order == tuner.candidates * _kernels.TUNING_ROUNDS  # each in turn
+    assert tuner.choice == 256 * 1024 and tuner.next() == 256 * 1024
+    tuner.record(256 * 1024, 99.0)  # kept for good
+    assert tuner.next() == 256 * 1024
+    # A bucket smaller than a piece has one candidate: the whole bucket, chosen at once.
+    small = _kernels.BlockTuner(128 * 1024, 4096)
+    assert small.candidates == [4096] and small.choice == 4096
+
+
+@needs_torch
+def test_torch_tuned_default_sync_is_exact_through_and_after_tuning():
+    # Syncs while the tuner tries each piece size and after it chose: the same bits as
+    # the unblocked pair every time.
+    rng = np.random.default_rng(9)
+    fast = [torch.tensor(_special(rng, n), dtype=torch.float32) for n in (70_001, 300, 40_000)]
+    slow = [f * 0.5 + 1.0 for f in fast]
+    ref_fast, ref_slow = [f.clone() for f in fast], [s.clone() for s in slow]
+    for i in range(_kernels.TUNING_ROUNDS * 5 + 2):
+        alpha = (0.25, 0.75, 1.0)[i % 3]
+        _kernels.lerp_and_copy_(fast, slow, alpha)
+        _unblocked(ref_fast, ref_slow, alpha)
+        for a, b in zip(fast + slow, ref_fast + ref_slow):
+            assert _torch_bits_equal(a, b)
+        for s in slow:  # keep the values moving, alike on both sides
+            s.mul_(1.5)
+        for s in ref_slow:
+            s.mul_(1.5)
 
 
 @needs_torch

@@ -79,6 +79,8 @@ from __future__ import annotations
 
 import functools
 import math
+import time
+import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -209,6 +211,90 @@ def cpu_block_bytes() -> int:
     if _cpu_block_override is not None:
         return _cpu_block_override
     return _cpu_block_from_cache()
+
+
+TUNING_ROUNDS = 2
+"""Syncs each candidate piece size is timed for before a bucket keeps the fastest."""
+
+
+class BlockTuner:
+    """The piece size of one bucket of the blocked CPU sync, timed over its first syncs.
+
+    Candidates (bytes per tensor): half, one, two and four times `cpu_block_bytes`
+    and "unblocked" (one batch for the whole bucket: the plain foreach pair).
+    The first ``TUNING_ROUNDS × len(candidates)`` syncs cycle through them;
+    then the one with the shortest time of its rounds is kept for good. Which
+    one wins changes the speed only: every candidate gives the same bits.
+    The L2 size sets where the cache effect lies; the cost of a ``_foreach``
+    call per batch (which makes small pieces dear for models of many small
+    tensors) and the machine's own mix of the two are what the timing adds.
+    """
+
+    __slots__ = ("candidates", "times", "choice", "calls")
+
+    def __init__(self, block_bytes: int, total_bytes: int) -> None:
+        sizes = [max(MIN_CPU_BLOCK_BYTES, block_bytes // 2), block_bytes, 2 * block_bytes,
+                 4 * block_bytes]
+        whole = max(total_bytes, PIECE_ALIGN * 8)
+        self.candidates = sorted({size for size in sizes if size < whole} | {whole})
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.choice: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self.calls = 0
+
+    def next(self) -> int:
+        """The piece size for this sync (bytes per tensor)."""
+        if self.choice is not None:
+            return self.choice
+        return self.candidates[self.calls % len(self.candidates)]
+
+    def record(self, block_bytes: int, seconds: float) -> None:
+        """The time of a sync with ``block_bytes``; decides once every candidate has its rounds."""
+        if self.choice is not None:
+            return
+        self.times[block_bytes].append(seconds)
+        self.calls += 1
+        if all(len(t) >= TUNING_ROUNDS for t in self.times.values()):
+            self.choice = min(self.candidates, key=lambda c: (min(self.times[c]), c))
+
+
+_TUNERS: dict[tuple, BlockTuner] = {}
+
+
+def block_choices() -> dict[str, str]:
+    """What the tuned buckets chose so far: ``{bucket: choice}``, for `make bench`'s report."""
+    out = {}
+    for (_, dtype, count, total), tuner in _TUNERS.items():
+        label = f"{count} tensors, {total * dtype.itemsize / 1e6:.1f} MB {str(dtype).replace('torch.', '')}"
+        if tuner.choice is None:
+            out[label] = "still timing"
+        elif tuner.choice == tuner.candidates[-1] and tuner.choice >= total * dtype.itemsize:
+            out[label] = "unblocked (one batch)"
+        else:
+            out[label] = f"{tuner.choice // 1024} KiB pieces"
+    return out
+
+
+def _blocked_sync_tuned(fast: list[torch.Tensor], slow: list[torch.Tensor], alpha: float) -> None:
+    """`lerp_and_copy_blocked` with this bucket's piece size (`BlockTuner`; fixed by
+    `set_cpu_block_bytes`)."""
+    itemsize = fast[0].element_size()
+    if _cpu_block_override is not None:
+        lerp_and_copy_blocked(fast, slow, alpha, _cpu_block_override // itemsize)
+        return
+    total = sum(f.numel() for f in fast)
+    key = (slow[0].data_ptr(), fast[0].dtype, len(fast), total)
+    tuner = _TUNERS.get(key)
+    if tuner is None:
+        if len(_TUNERS) >= 256:
+            _TUNERS.clear()
+        tuner = _TUNERS[key] = BlockTuner(cpu_block_bytes(), total * itemsize)
+    block = tuner.next()
+    if tuner.choice is not None:
+        lerp_and_copy_blocked(fast, slow, alpha, block // itemsize)
+        return
+    start = time.perf_counter()
+    lerp_and_copy_blocked(fast, slow, alpha, block // itemsize)
+    tuner.record(block, time.perf_counter() - start)
 
 
 def set_cpu_block_bytes(block_bytes: int | None) -> None:
@@ -359,7 +445,7 @@ def lerp_and_copy_(
                     continue
         if fast_dtype == slow_dtype:
             if device.type == "cpu":
-                lerp_and_copy_blocked(fs, ss, alpha, cpu_block_bytes() // fast_dtype.itemsize)
+                _blocked_sync_tuned(fs, ss, alpha)
             else:
                 stashes = _stashes(fs, ss)
                 torch._foreach_lerp_(ss, fs, alpha)
@@ -434,6 +520,51 @@ def lerp_and_copy_blocked(
             batch_slow.append(piece_slow)
             batch_stash.append(piece_stash)
             used += size
+    if batch_fast:
+        flush()
+
+
+def _lerp_and_copy_blocked_piecewise_check(
+    fast: Tensors, slow: Tensors, alpha: float, block_elements: int
+) -> None:
+    """`lerp_and_copy_blocked` with the overflow check of each piece made just before the
+    piece joins its batch (while it comes into the cache), instead of one pass over every
+    slow tensor before the sync. Same results; a candidate, timed side by side."""
+    block_elements = max(PIECE_ALIGN, block_elements - block_elements % PIECE_ALIGN)
+    margin = overflow_margin(fast[0].dtype, slow[0].dtype) if slow else None
+    batch_fast: list[torch.Tensor] = []
+    batch_slow: list[torch.Tensor] = []
+    batch_stash: list[torch.Tensor | None] = []
+
+    def flush() -> None:
+        torch._foreach_lerp_(batch_slow, batch_fast, alpha)
+        _repair_overflows_(batch_slow, batch_fast, batch_stash, alpha)
+        torch._foreach_copy_(batch_fast, batch_slow)
+        batch_fast.clear()
+        batch_slow.clear()
+        batch_stash.clear()
+
+    used = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for f, s in zip(fast, slow):
+            n = f.numel()
+            if n > block_elements and (flat := _matching_flat_views(f, s)) is not None:
+                pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = zip(
+                    flat[0].split(block_elements), flat[1].split(block_elements))
+            else:
+                pieces = ((f, s),)
+            for piece_fast, piece_slow in pieces:
+                size = piece_fast.numel()
+                if used and used + size > block_elements:
+                    flush()
+                    used = 0
+                stash = None
+                if margin is not None and not _below_on_cpu(piece_slow, margin):
+                    stash = piece_slow.clone(memory_format=torch.preserve_format)
+                batch_fast.append(piece_fast)
+                batch_slow.append(piece_slow)
+                batch_stash.append(stash)
+                used += size
     if batch_fast:
         flush()
 
@@ -557,7 +688,7 @@ def _below_on_cpu(t: torch.Tensor, margin: float) -> bool:
     layout = _NUMPY_LAYOUT.get(t.dtype)
     if layout is None:  # a dtype NumPy cannot read: torch's own reduction
         return bool(t.abs().max() < margin)
-    values = _numpy_view(t, *layout)
+    values = _cached_numpy_view(t, layout)
     if t.dtype == torch.bfloat16:
         # NumPy has no bfloat16: its bits. |x| < 2**119, below the margin of every
         # bfloat16 pair, is an exponent field below 246, for either sign.
@@ -584,6 +715,34 @@ _NUMPY_LAYOUT = {
 
 class _Memory:
     __slots__ = ("__array_interface__",)
+
+
+_VIEWS: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
+"""NumPy views of the slow tensors, kept per tensor object between syncs (see `_cached_numpy_view`)."""
+
+
+def _cached_numpy_view(t: torch.Tensor, layout: tuple[str, int]) -> np.ndarray:
+    """`_numpy_view` of ``t``, made once per tensor and kept while the tensor lives.
+
+    The slow tensors are the same objects at every sync; building a view costs
+    about as much as reading a small tensor (~2 µs), so the check of a model
+    of many small tensors would pay it for each at every sync. An entry is
+    used only while its tensor object is alive (a weak reference, whose
+    callback drops the entry) and still has the address, shape, strides and
+    dtype the view was made for (so ``set_`` or ``resize_`` on it make a new one).
+    """
+    key = id(t)
+    signature = (t.data_ptr(), t.shape, t.stride(), t.dtype)
+    entry = _VIEWS.get(key)
+    if entry is not None and entry[0]() is t and entry[1] == signature:
+        return entry[2]
+    view = _numpy_view(t, *layout)
+    try:
+        ref = weakref.ref(t, lambda _, key=key: _VIEWS.pop(key, None))
+    except TypeError:  # not weak-referenceable: no caching
+        return view
+    _VIEWS[key] = (ref, signature, view)
+    return view
 
 
 def _numpy_view(t: torch.Tensor, typestr: str, per_element: int) -> np.ndarray:
