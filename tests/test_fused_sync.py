@@ -209,3 +209,60 @@ def test_fused_sync_on_cuda_equals_the_cpu_path(pair, alpha):
     for i, (a, b) in enumerate(zip(gpu_fast + gpu_slow, ref_fast + ref_slow)):
         differ = _differing(a, b)
         assert differ.size == 0, f"tensor {i}: {differ.size} elements differ, first {differ[:5]}"
+
+
+@pytest.mark.parametrize("pair, low, mode", [
+    (("float32", "float32"), True, 0), (("float32", "float32"), False, 0),
+    (("bfloat16", "float32"), False, 0), (("bfloat16", "bfloat16"), True, 0),
+    (("float16", "float32"), True, 0), (("float32", "float32"), True, 1),
+], ids=str)
+def test_fused_kernel_compiles_for_an_h200_without_flush_or_contraction(pair, low, mode,
+                                                                        monkeypatch):
+    """The compiled kernel's arithmetic, read from its PTX (compiled ahead of time for
+    sm_90, which needs Triton's bundled compiler and no GPU): the lerp is the explicit
+    ``fma.rn.f32``, every other float32 operation rounds on its own (``.rn``: no
+    contraction into an FMA the source did not ask for), and nothing flushes subnormals
+    (``.ftz``)."""
+    _triton_or_skip()
+    import re
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import importlib
+
+    from lookahead_torch import _fused_kernel
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    kernel = _fused_kernel.sync_kernel
+    if _fused._interpreted(kernel):  # executed under the interpreter by an earlier test
+        kernel = importlib.reload(_fused_kernel).sync_kernel
+    fast_dtype, slow_dtype = (getattr(torch, name) for name in pair)
+    pointer = {torch.float32: "fp32", torch.bfloat16: "i16", torch.float16: "fp16"}
+    element = {torch.float32: tl.float32, torch.bfloat16: tl.int16, torch.float16: tl.float16}
+    constants = {"THETA": element[fast_dtype], "PHI": element[slow_dtype],
+                 "THETA_BF16": fast_dtype == torch.bfloat16, "PHI_BF16": slow_dtype == torch.bfloat16,
+                 "SAME": fast_dtype == slow_dtype, "LOW": low,
+                 "REPAIR": mode == 0 and _fused._REPAIR[(fast_dtype, slow_dtype)],
+                 "MODE": mode, "BLOCK": _fused.BLOCK}
+    signature = {"theta_addr": "*i64", "phi_addr": "*i64", "numels": "*i64", "tile_tensor": "*i32",
+                 "tile_start": "*i64", "weight": "fp32", **{name: "constexpr" for name in constants}}
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": _fused.NUM_WARPS, "enable_fp_fusion": False})
+    except Exception as error:  # noqa: BLE001 - no NVIDIA backend or ptxas in this triton
+        pytest.skip(f"triton cannot compile for sm_90 here: {type(error).__name__}: {error}")
+    ptx = compiled.asm["ptx"]
+    assert pointer[fast_dtype] and "cubin" in compiled.asm
+    assert ".ftz" not in ptx
+    fmas = set(re.findall(r"\b(?:fma|mad)\.[a-z0-9.]*f(?:16|32|64)\b", ptx))  # float only
+    if mode == 0:
+        assert fmas == {"fma.rn.f32"}  # the lerp's own FMA, nothing contracted
+    else:
+        assert fmas == set()  # Δ = φ − θ: one subtraction
+    for op in re.findall(r"\b(?:add|sub|mul)\.[a-z0-9.]*f(?:32|16)\b", ptx):
+        assert ".rn." in op, op  # rounded alone

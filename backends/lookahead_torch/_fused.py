@@ -133,12 +133,19 @@ def _kernel():
     import importlib
 
     interpret = _interpreting()
-    if interpret not in _KERNELS:
+    kernel = _KERNELS.get(interpret)
+    if kernel is None:
         from . import _fused_kernel
 
-        module = importlib.reload(_fused_kernel) if _KERNELS else _fused_kernel
-        _KERNELS[interpret] = module.sync_kernel
-    return _KERNELS[interpret]
+        module = _fused_kernel
+        if _interpreted(module.sync_kernel) != interpret:  # executed under the other setting
+            module = importlib.reload(module)
+        kernel = _KERNELS[interpret] = module.sync_kernel
+    return kernel
+
+
+def _interpreted(kernel) -> bool:
+    return type(kernel).__name__ == "InterpretedFunction"
 
 
 def _triton_dtype(dtype: torch.dtype):
