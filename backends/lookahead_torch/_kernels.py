@@ -524,51 +524,6 @@ def lerp_and_copy_blocked(
         flush()
 
 
-def _lerp_and_copy_blocked_piecewise_check(
-    fast: Tensors, slow: Tensors, alpha: float, block_elements: int
-) -> None:
-    """`lerp_and_copy_blocked` with the overflow check of each piece made just before the
-    piece joins its batch (while it comes into the cache), instead of one pass over every
-    slow tensor before the sync. Same results; a candidate, timed side by side."""
-    block_elements = max(PIECE_ALIGN, block_elements - block_elements % PIECE_ALIGN)
-    margin = overflow_margin(fast[0].dtype, slow[0].dtype) if slow else None
-    batch_fast: list[torch.Tensor] = []
-    batch_slow: list[torch.Tensor] = []
-    batch_stash: list[torch.Tensor | None] = []
-
-    def flush() -> None:
-        torch._foreach_lerp_(batch_slow, batch_fast, alpha)
-        _repair_overflows_(batch_slow, batch_fast, batch_stash, alpha)
-        torch._foreach_copy_(batch_fast, batch_slow)
-        batch_fast.clear()
-        batch_slow.clear()
-        batch_stash.clear()
-
-    used = 0
-    with np.errstate(over="ignore", invalid="ignore"):
-        for f, s in zip(fast, slow):
-            n = f.numel()
-            if n > block_elements and (flat := _matching_flat_views(f, s)) is not None:
-                pieces: Iterable[tuple[torch.Tensor, torch.Tensor]] = zip(
-                    flat[0].split(block_elements), flat[1].split(block_elements))
-            else:
-                pieces = ((f, s),)
-            for piece_fast, piece_slow in pieces:
-                size = piece_fast.numel()
-                if used and used + size > block_elements:
-                    flush()
-                    used = 0
-                stash = None
-                if margin is not None and not _below_on_cpu(piece_slow, margin):
-                    stash = piece_slow.clone(memory_format=torch.preserve_format)
-                batch_fast.append(piece_fast)
-                batch_slow.append(piece_slow)
-                batch_stash.append(stash)
-                used += size
-    if batch_fast:
-        flush()
-
-
 def _lerp_and_copy_upcast(
     fast: list[torch.Tensor], slow: list[torch.Tensor], alpha: float, scratch: torch.Tensor
 ) -> None:
