@@ -88,7 +88,8 @@ def cpu_blocking() -> str:
     candidates = _kernels.BlockTuner(block, 1 << 40).candidates[:-1]
     line = (f"PyTorch CPU sync blocking: base piece {block // 1024} KiB per tensor ({source}); "
             f"each bucket times {', '.join(f'{c // 1024} KiB' for c in candidates)} and unblocked "
-            f"over its first {_kernels.TUNING_ROUNDS} × {len(candidates) + 1} syncs and keeps the fastest")
+            f"over its first {_kernels.TUNING_ROUNDS} × {len(candidates) + 1} syncs and keeps the fastest "
+            "(the sync table's timing starts after them)")
     chosen = _kernels.block_choices()
     if chosen:
         line += "; chosen: " + "; ".join(f"{bucket}: {choice}" for bucket, choice in sorted(chosen.items()))

@@ -220,8 +220,10 @@ TUNING_ROUNDS = 2
 class BlockTuner:
     """The piece size of one bucket of the blocked CPU sync, timed over its first syncs.
 
-    Candidates (bytes per tensor): half, one, two and four times `cpu_block_bytes`
+    Candidates (bytes per tensor): one, two and four times `cpu_block_bytes`
     and "unblocked" (one batch for the whole bucket: the plain foreach pair).
+    A tuner is kept per bucket shape (dtype, number of tensors, elements), so
+    every optimizer over the same parameters shares its choice.
     The first ``TUNING_ROUNDS × len(candidates)`` syncs cycle through them;
     then the one with the shortest time of its rounds is kept for good. Which
     one wins changes the speed only: every candidate gives the same bits.
@@ -233,8 +235,7 @@ class BlockTuner:
     __slots__ = ("candidates", "times", "choice", "calls")
 
     def __init__(self, block_bytes: int, total_bytes: int) -> None:
-        sizes = [max(MIN_CPU_BLOCK_BYTES, block_bytes // 2), block_bytes, 2 * block_bytes,
-                 4 * block_bytes]
+        sizes = [block_bytes, 2 * block_bytes, 4 * block_bytes]
         whole = max(total_bytes, PIECE_ALIGN * 8)
         self.candidates = sorted({size for size in sizes if size < whole} | {whole})
         self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
@@ -260,10 +261,15 @@ class BlockTuner:
 _TUNERS: dict[tuple, BlockTuner] = {}
 
 
+def tuning_syncs() -> int:
+    """At most how many syncs of a bucket its `BlockTuner` times before it keeps a size."""
+    return TUNING_ROUNDS * 4
+
+
 def block_choices() -> dict[str, str]:
     """What the tuned buckets chose so far: ``{bucket: choice}``, for `make bench`'s report."""
     out = {}
-    for (_, dtype, count, total), tuner in _TUNERS.items():
+    for (dtype, count, total), tuner in _TUNERS.items():
         label = f"{count} tensors, {total * dtype.itemsize / 1e6:.1f} MB {str(dtype).replace('torch.', '')}"
         if tuner.choice is None:
             out[label] = "still timing"
@@ -282,7 +288,7 @@ def _blocked_sync_tuned(fast: list[torch.Tensor], slow: list[torch.Tensor], alph
         lerp_and_copy_blocked(fast, slow, alpha, _cpu_block_override // itemsize)
         return
     total = sum(f.numel() for f in fast)
-    key = (slow[0].data_ptr(), fast[0].dtype, len(fast), total)
+    key = (fast[0].dtype, len(fast), total)
     tuner = _TUNERS.get(key)
     if tuner is None:
         if len(_TUNERS) >= 256:
