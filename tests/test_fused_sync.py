@@ -175,9 +175,12 @@ def test_fused_kernel_tables_are_kept_per_tensor_list(interpret):
     _fused.lerp_and_copy_(fast, slow, 0.5)
     _fused.lerp_and_copy_(fast, slow, 0.25)
     assert len(_fused._PLANS) == 1
-    (table, (tile_tensor, tile_start), count), = _fused._PLANS.values()
+    (table, (tile_tensor, tile_start), count, aligned), = _fused._PLANS.values()
     assert count == 2 and tile_tensor.tolist() == [0, 1] and tile_start.tolist() == [0, 0]
     assert table[2].tolist() == [100, 300]
+    assert table[0].tolist() == [0, (fast[1].data_ptr() - fast[0].data_ptr()) // 4]
+    assert table[1].tolist() == [0, (slow[1].data_ptr() - slow[0].data_ptr()) // 4]
+    assert aligned == all(t.data_ptr() % 16 == 0 for t in fast + slow)
 
 
 def test_fused_sync_is_used_for_cuda_pairs_only():
@@ -246,10 +249,13 @@ def test_fused_kernel_compiles_for_an_h200_without_flush_or_contraction(pair, lo
                  "THETA_BF16": fast_dtype == torch.bfloat16, "PHI_BF16": slow_dtype == torch.bfloat16,
                  "SAME": fast_dtype == slow_dtype, "LOW": low,
                  "REPAIR": mode == 0 and _fused._REPAIR[(fast_dtype, slow_dtype)],
-                 "MODE": mode, "BLOCK": _fused.BLOCK}
-    signature = {"theta_addr": "*i64", "phi_addr": "*i64", "numels": "*i64", "tile_tensor": "*i32",
+                 "MODE": mode, "BLOCK": _fused.BLOCK, "ALIGNED": True,
+                 "VEC_THETA": 16 // fast_dtype.itemsize, "VEC_PHI": 16 // slow_dtype.itemsize}
+    signature = {"theta_base": "*" + pointer[fast_dtype], "phi_base": "*" + pointer[slow_dtype],
+                 "theta_addr": "*i64", "phi_addr": "*i64", "numels": "*i64", "tile_tensor": "*i32",
                  "tile_start": "*i64", "weight": "fp32", **{name: "constexpr" for name in constants}}
-    source = ASTSource(fn=kernel, signature=signature,
+    aligned_pointers = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
+    source = ASTSource(fn=kernel, signature=signature, attrs=aligned_pointers,
                        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()})
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
@@ -257,8 +263,11 @@ def test_fused_kernel_compiles_for_an_h200_without_flush_or_contraction(pair, lo
     except Exception as error:  # noqa: BLE001 - no NVIDIA backend or ptxas in this triton
         pytest.skip(f"triton cannot compile for sm_90 here: {type(error).__name__}: {error}")
     ptx = compiled.asm["ptx"]
-    assert pointer[fast_dtype] and "cubin" in compiled.asm
+    assert "cubin" in compiled.asm
     assert ".ftz" not in ptx
+    # Whole tiles of aligned tensors move 16 bytes per access.
+    assert re.search(r"\bld\.global(?:\.[a-z0-9]+)*\.v4\.b32", ptx)
+    assert re.search(r"\bst\.global(?:\.[a-z0-9]+)*\.v[24]\.b(?:32|16)", ptx)
     fmas = set(re.findall(r"\b(?:fma|mad)\.[a-z0-9.]*f(?:16|32|64)\b", ptx))  # float only
     if mode == 0:
         assert fmas == {"fma.rn.f32"}  # the lerp's own FMA, nothing contracted

@@ -36,9 +36,13 @@ elements of a CPU tensor) and its CUDA kernel compute ``θ − d·(1 − w)``, t
 vector loop ``d·(w − 1) + θ``; they differ only for θ = −0.0 and d > 0.
 The kernel follows the vector loop.
 
-Layout: a table of the tensors' addresses and sizes and one of tiles (tensor,
-first element); program i syncs tile i, `BLOCK` elements. The tables are
-built once per list of tensors and kept (`_plan`, keyed by the addresses).
+Layout: a table of the tensors' places (element offsets from the launch's
+first tensor, which is passed as a pointer argument so that the compiler knows
+its alignment) and sizes, and one of tiles (tensor, first element); program i
+syncs tile i, `BLOCK` elements. A whole tile is read and written without a
+mask, 16 bytes per access where every address is a multiple of 16 (`ALIGNED`);
+the last tile of a tensor is masked. The tables are built once per list of
+tensors and kept (`_plan`, keyed by the addresses).
 The same kernel computes the outer optimizers' pseudo-gradient
 ``θ ← φ − θ`` (``MODE=1``; `pseudo_gradients_`), also in one pass.
 """
@@ -112,6 +116,8 @@ def supports(fast: torch.Tensor, slow: torch.Tensor) -> bool:
     interpreter by calling `lerp_and_copy_` directly.)"""
     if (fast.dtype, slow.dtype) not in FUSED_DTYPES or fast.device.type != "cuda":
         return False
+    if fast.data_ptr() % fast.element_size() or slow.data_ptr() % slow.element_size():
+        return False  # the kernel addresses elements from the first tensor of its launch
     return fast.device == slow.device and _flat_pair(fast, slow) is not None
 
 
@@ -165,16 +171,19 @@ def _plan(fast: Sequence[torch.Tensor], slow: Sequence[torch.Tensor]):
         _PLANS.move_to_end(key)
         return plan
     numels = np.array([f.numel() for f in fast], dtype=np.int64)
+    theta_ptrs = np.array([f.data_ptr() for f in fast], dtype=np.int64)
+    phi_ptrs = np.array([s.data_ptr() for s in slow], dtype=np.int64)
+    aligned = bool((theta_ptrs % 16 == 0).all() and (phi_ptrs % 16 == 0).all())
+    # Element offsets from the first tensor (addresses are multiples of the element size).
+    theta_off = (theta_ptrs - theta_ptrs[0]) // fast[0].element_size()
+    phi_off = (phi_ptrs - phi_ptrs[0]) // slow[0].element_size()
     tiles_per = (numels + BLOCK - 1) // BLOCK
     tile_tensor = np.repeat(np.arange(len(fast), dtype=np.int32), tiles_per)
     first = np.concatenate([[0], np.cumsum(tiles_per)[:-1]])
     tile_start = (np.arange(int(tiles_per.sum()), dtype=np.int64) - np.repeat(first, tiles_per)) * BLOCK
-    table = torch.tensor(
-        np.stack([np.array([f.data_ptr() for f in fast], dtype=np.uint64).view(np.int64),
-                  np.array([s.data_ptr() for s in slow], dtype=np.uint64).view(np.int64),
-                  numels]), device=device)
+    table = torch.tensor(np.stack([theta_off, phi_off, numels]), device=device)
     tiles = (torch.tensor(tile_tensor, device=device), torch.tensor(tile_start, device=device))
-    plan = (table, tiles, len(tile_tensor))
+    plan = (table, tiles, len(tile_tensor), aligned)
     _PLANS[key] = plan
     if len(_PLANS) > _MAX_PLANS:
         _PLANS.popitem(last=False)
@@ -188,19 +197,27 @@ def _launch(fast: Sequence[torch.Tensor], slow: Sequence[torch.Tensor], weight: 
         return
     fs = [p[0] for p in flat]
     ss = [p[1] for p in flat]
-    table, (tile_tensor, tile_start), count = _plan(fs, ss)
+    table, (tile_tensor, tile_start), count, aligned = _plan(fs, ss)
     pair = (fs[0].dtype, ss[0].dtype)
     # Under the interpreter the kernel's arithmetic is NumPy's, which warns where
     # θ − φ overflows or inf meets inf; the compiled kernel computes the same silently.
     with np.errstate(over="ignore", invalid="ignore"):
         _kernel()[(count,)](
-            table[0], table[1], table[2], tile_tensor, tile_start, weight,
+            _as_stored(fs[0]), _as_stored(ss[0]), table[0], table[1], table[2], tile_tensor,
+            tile_start, weight,
             THETA=_triton_dtype(pair[0]), PHI=_triton_dtype(pair[1]),
             THETA_BF16=pair[0] == torch.bfloat16, PHI_BF16=pair[1] == torch.bfloat16,
             SAME=pair[0] == pair[1], LOW=low,
             REPAIR=_REPAIR[pair] if mode == 0 else False, MODE=mode, BLOCK=BLOCK,
+            ALIGNED=aligned, VEC_THETA=16 // fs[0].element_size(),
+            VEC_PHI=16 // ss[0].element_size(),
             num_warps=NUM_WARPS, enable_fp_fusion=False,
         )
+
+
+def _as_stored(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the kernel addresses it: bfloat16 as its 16 bits (`_triton_dtype`)."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
 
 
 def lerp_weight(alpha: float) -> tuple[float, bool]:

@@ -55,26 +55,14 @@ def _narrow(s, BF16: tl.constexpr, OUT: tl.constexpr):
 
 
 @triton.jit
-def sync_kernel(theta_addr, phi_addr, numels, tile_tensor, tile_start, weight,
-                THETA: tl.constexpr, PHI: tl.constexpr, THETA_BF16: tl.constexpr,
-                PHI_BF16: tl.constexpr, SAME: tl.constexpr, LOW: tl.constexpr,
-                REPAIR: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    """Program i: the elements [start, start + BLOCK) of tensor tile_tensor[i].
-
-    MODE 0: φ ← lerp(φ, θ, w) (repaired where θ − φ overflowed, if REPAIR), θ ← φ.
-    MODE 1: θ ← φ − θ. THETA and PHI are the pointers' element types (int16 for
-    bfloat16, which is converted on its bits); SAME: θ and φ share the dtype.
-    θ ← φ rounds φ's float32 value s once, to θ's dtype: for a float32 φ that is
-    rounding the stored φ; for a same-dtype pair it is the stored φ itself.
-    """
-    tile = tl.program_id(0)
-    t = tl.load(tile_tensor + tile)
-    start = tl.load(tile_start + tile)
-    n = tl.load(numels + t)
-    tp = tl.load(theta_addr + t).to(tl.pointer_type(THETA))
-    pp = tl.load(phi_addr + t).to(tl.pointer_type(PHI))
-    idx = start + tl.arange(0, BLOCK).to(tl.int64)
-    mask = idx < n
+def _tile(tp, pp, idx, n, weight, THETA: tl.constexpr, PHI: tl.constexpr,
+          THETA_BF16: tl.constexpr, PHI_BF16: tl.constexpr, SAME: tl.constexpr,
+          LOW: tl.constexpr, REPAIR: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr):
+    """One tile's elements ``idx`` (those below ``n`` when MASKED): see `sync_kernel`."""
+    if MASKED:
+        mask = idx < n
+    else:
+        mask = None
     th = _widen(tl.load(tp + idx, mask=mask), THETA_BF16)
     ph = _widen(tl.load(pp + idx, mask=mask), PHI_BF16)
     if MODE == 0:
@@ -92,3 +80,43 @@ def sync_kernel(theta_addr, phi_addr, numels, tile_tensor, tile_start, weight,
             tl.store(tp + idx, _narrow(s, THETA_BF16, THETA), mask=mask)
     else:
         tl.store(tp + idx, _narrow(ph - th, THETA_BF16, THETA), mask=mask)
+
+
+@triton.jit
+def sync_kernel(theta_base, phi_base, theta_addr, phi_addr, numels, tile_tensor, tile_start, weight,
+                THETA: tl.constexpr, PHI: tl.constexpr, THETA_BF16: tl.constexpr,
+                PHI_BF16: tl.constexpr, SAME: tl.constexpr, LOW: tl.constexpr,
+                REPAIR: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr,
+                ALIGNED: tl.constexpr, VEC_THETA: tl.constexpr, VEC_PHI: tl.constexpr):
+    """Program i: the elements [start, start + BLOCK) of tensor tile_tensor[i].
+
+    MODE 0: φ ← lerp(φ, θ, w) (repaired where θ − φ overflowed, if REPAIR), θ ← φ.
+    MODE 1: θ ← φ − θ. THETA and PHI are the pointers' element types (int16 for
+    bfloat16, which is converted on its bits); SAME: θ and φ share the dtype.
+    θ ← φ rounds φ's float32 value s once, to θ's dtype: for a float32 φ that is
+    rounding the stored φ; for a same-dtype pair it is the stored φ itself.
+    """
+    tile = tl.program_id(0)
+    t = tl.load(tile_tensor + tile)
+    start = tl.load(tile_start + tile)
+    n = tl.load(numels + t)
+    # Each tensor's place as an element offset from the launch's first tensor (a pointer
+    # argument, whose alignment Triton knows): an address read from a table would tell
+    # the compiler nothing, and every access would be 4 bytes wide.
+    theta_off = tl.load(theta_addr + t)
+    phi_off = tl.load(phi_addr + t)
+    if ALIGNED:
+        # Every offset is a multiple of 16 bytes (the launcher checks): the compiler may
+        # then load and store 16 bytes per instruction.
+        theta_off = tl.multiple_of(theta_off, VEC_THETA)
+        phi_off = tl.multiple_of(phi_off, VEC_PHI)
+    tp = theta_base + theta_off
+    pp = phi_base + phi_off
+    start = tl.multiple_of(start, BLOCK)  # tiles start at multiples of BLOCK
+    idx = start + tl.arange(0, BLOCK).to(tl.int64)
+    if start + BLOCK <= n:  # a whole tile: no mask, so the accesses can be 16 bytes wide
+        _tile(tp, pp, idx, n, weight, THETA, PHI, THETA_BF16, PHI_BF16, SAME, LOW, REPAIR, MODE,
+              False)
+    else:
+        _tile(tp, pp, idx, n, weight, THETA, PHI, THETA_BF16, PHI_BF16, SAME, LOW, REPAIR, MODE,
+              True)
