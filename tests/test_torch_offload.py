@@ -201,7 +201,7 @@ def test_offloaded_state_dict_slow_weights_and_rollback():
     params[0].grad = torch.zeros_like(params[0])
     params[1].grad = torch.zeros_like(params[1])
     opt.step()  # completes the cycle: rolled back to φ
-    assert opt.rollbacks[0] == 1
+    assert opt.rollbacks == 1
     assert torch.equal(params[0].detach().cpu(), opt.slow[0][0])
 
 
@@ -226,11 +226,11 @@ def test_offload_keeps_no_slow_copy_on_the_gpu():
     torch.cuda.synchronize()
     n = 1 << 22
     params = [torch.nn.Parameter(torch.zeros(n, device="cuda"))]
+    params[0].grad = torch.ones_like(params[0])
+    torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     opt = Lookahead(torch.optim.SGD(params, lr=0.1), k=1, slow_device="cpu",
                     offload_buffer_bytes=1 << 20)
-    params[0].grad = torch.ones_like(params[0])
-    torch.cuda.reset_peak_memory_stats()
     opt.step()
     torch.cuda.synchronize()
     # The staging buffer (1 MiB) and the fused kernel's tables; no slow copy (16 MiB).
@@ -242,3 +242,28 @@ def test_slow_device_with_adaptive_alpha_is_refused():
     with pytest.raises(ValueError, match="alpha_mode='adaptive'.*slow_device"):
         Lookahead(inner, slow_device="cpu", alpha_mode="adaptive")
     assert "lookahead_k" not in inner.param_groups[0]
+
+
+@pytest.mark.parametrize("inner", ["sgd", "adam"])
+def test_offload_sync_wiring_on_cpu_tensors_equals_the_plain_sync(monkeypatch, inner):
+    # The optimizer's offloaded sync path (`Stager.sync_` instead of the plain kernel, the
+    # placement check against slow_device, the staging buffer as workspace), run on CPU
+    # tensors with the CUDA-only admission check bypassed: the streams are the GPU's own,
+    # everything else is the same code. Training gives the plain sync's bits.
+    monkeypatch.setattr(_offload, "check_offloadable", lambda where, params: None)
+    make = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+            "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[inner]
+    torch.set_num_threads(1)
+    runs = []
+    for slow_device in (None, "cpu"):
+        params = _model()
+        opt = Lookahead(make(params), k=3, alpha=0.6, slow_device=slow_device,
+                        offload_buffer_bytes=2048 if slow_device else None)
+        _train(params, opt)
+        runs.append((params, opt))
+    (p0, o0), (p1, o1) = runs
+    for a, b in zip(p0 + list(o0.slow[0]), p1 + list(o1.slow[0])):
+        assert np.array_equal(_bits(a), _bits(b))
+    (staging,) = o1._workspace_tensors()  # the staging buffer, within its bound
+    assert staging.numel() * staging.element_size() <= 2048
+    assert o0._workspace_tensors() == []
