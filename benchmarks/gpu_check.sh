@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The GPU check: on a machine with an NVIDIA GPU, in about 70 s (an H200, 2026-11-28) and
+# The GPU check: on a machine with an NVIDIA GPU, in about 70 s (an H200, 2026-11-28, before
+# the fused torch sync and the offload were added: measured on the next GPU run) and
 # 5 minutes at most (every step has a time limit, and all of them share a 285 s budget),
-#   1. the CuPy and CUDA-torch tests (tests/test_cupy*.py, tests/test_torch*.py), which
-#      skip with "no CUDA device" elsewhere: here a skip for that reason is a failure;
+#   1. the CuPy and CUDA-torch tests (tests/test_cupy*.py, tests/test_torch*.py, and
+#      tests/test_fused_sync.py: the fused Triton sync's bits on the GPU against the CPU
+#      path, slow_device="cpu" in training), which skip with "no CUDA device" elsewhere:
+#      here a skip for that reason is a failure;
 #   2. the conformance suite on the `cupy` and `torch-cuda` backends;
 #   3. the sync bandwidth table (benchmarks/gpu_bench.py): the fused CuPy sync against the
-#      device's plain copy and against torch._foreach_lerp_ + _foreach_copy_.
-# Usage:  bash benchmarks/gpu_check.sh        Exit status 0 only if all three passed.
+#      device's plain copy and against torch._foreach_lerp_ + _foreach_copy_;
+#   4. the PyTorch table (benchmarks/torch_gpu_bench.py): the adapter's fused sync, the
+#      foreach pair, timm and pytorch_optimizer on CUDA, bfloat16 with float32 slow weights,
+#      and slow_device="cpu" (GPU memory with and without, sync time, pinned bandwidth).
+# Usage:  bash benchmarks/gpu_check.sh        Exit status 0 only if all four passed.
 # Output is also saved under build/gpu-check/ ($GPU_CHECK_OUT).
 #
 # Assumptions (docs/cupy.md, "The GPU check", says more):
@@ -32,8 +38,9 @@ OUT=${GPU_CHECK_OUT:-$ROOT/build/gpu-check}
 START=$SECONDS
 # Seconds for the whole script: every command that can take long runs under `within`,
 # which gives it its own limit or what is left of the budget, whichever is smaller
-# (each limit is several times what the step took on the H200: tests 28 s of 100,
-# conformance 4 and 13 s of 20 + 40 each, the benchmark 7 s of 45).
+# (each limit is several times what the step took on the H200: tests 28 s of 130 (the
+# fused kernel's Triton compilations are new since), conformance 4 and 13 s of 20 + 40
+# each, the CuPy benchmark 7 s of 45; the PyTorch benchmark is new: 60).
 BUDGET=${GPU_CHECK_BUDGET:-285}
 
 say() { printf '\n=== gpu_check [%3ds] %s\n' "$((SECONDS - START))" "$*"; }
@@ -106,12 +113,12 @@ status=0
 # --- 3. the tests -----------------------------------------------------------------------------
 say "tests: CuPy and CUDA torch"
 shopt -s nullglob
-tests=("$ROOT"/tests/test_cupy*.py "$ROOT"/tests/test_torch*.py)
+tests=("$ROOT"/tests/test_cupy*.py "$ROOT"/tests/test_torch*.py "$ROOT"/tests/test_fused_sync.py)
 shopt -u nullglob
 parallel=()
 if within 20 "$VPY" -c 'import xdist' 2>/dev/null; then parallel=(-n 8); fi
 set +e
-(cd "$ROOT" && within 100 "$VPY" -m pytest -q -rs -p no:cacheprovider "${parallel[@]}" \
+(cd "$ROOT" && within 130 "$VPY" -m pytest -q -rs -p no:cacheprovider "${parallel[@]}" \
     "${tests[@]}") 2>&1 | tee "$OUT/tests.log"
 tests_status=${PIPESTATUS[0]}
 set -e
@@ -162,6 +169,17 @@ bench_status=$?
 set -e
 if [[ $bench_status -ne 0 ]]; then
     echo "gpu_check: the benchmark failed (exit $bench_status; 124 = out of time)" >&2
+    status=1
+fi
+
+# --- 6. the PyTorch table ---------------------------------------------------------------------
+say "PyTorch sync: fused, foreach, peers, offload"
+set +e
+(cd "$ROOT" && within 60 "$VPY" benchmarks/torch_gpu_bench.py --out "$OUT/torch-bench.md")
+torch_bench_status=$?
+set -e
+if [[ $torch_bench_status -ne 0 ]]; then
+    echo "gpu_check: the PyTorch benchmark failed (exit $torch_bench_status; 124 = out of time)" >&2
     status=1
 fi
 

@@ -75,6 +75,27 @@ def cpu_model() -> str:
     return platform.processor() or "CPU"
 
 
+def cpu_blocking() -> str:
+    """The piece size the PyTorch adapter's cache-blocked CPU sync chose here, and why."""
+    try:
+        from lookahead_torch import _kernels
+    except ImportError:
+        return "PyTorch CPU sync blocking: torch not installed"
+    l2 = _kernels.cpu_cache_bytes(2)
+    block = _kernels.cpu_block_bytes()
+    source = (f"L2 {l2 // 1024} KiB / {_kernels.CPU_BLOCK_L2_FRACTION}" if l2
+              else "L2 size unknown: the default")
+    candidates = _kernels.BlockTuner(block, 1 << 40).candidates[:-1]
+    line = (f"PyTorch CPU sync blocking: base piece {block // 1024} KiB per tensor ({source}); "
+            f"each bucket times {', '.join(f'{c // 1024} KiB' for c in candidates)} and unblocked "
+            f"over its first {_kernels.TUNING_ROUNDS} × {len(candidates) + 1} syncs and keeps the fastest "
+            "(the sync table's timing starts after them)")
+    chosen = _kernels.block_choices()
+    if chosen:
+        line += "; chosen: " + "; ".join(f"{bucket}: {choice}" for bucket, choice in sorted(chosen.items()))
+    return line
+
+
 def machine() -> str:
     """The CPU, its caches, memory, OS, and library versions, as Markdown lines."""
     model = cpu_model()
@@ -94,6 +115,7 @@ def machine() -> str:
     return "\n".join([
         f"- CPU: {model}; {os.cpu_count()} logical CPUs, this process pinned to "
         f"{sorted(os.sched_getaffinity(0))}; caches (per core for L1/L2): {', '.join(caches)}",
+        f"- {cpu_blocking()}",
         f"- memory: {mem}; {platform.system()} {platform.release()}",
         f"- {'; '.join(versions)}",
     ])

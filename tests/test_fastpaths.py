@@ -126,7 +126,7 @@ def test_torch_blocked_sync_equals_unblocked_bit_for_bit(block, alpha, dtype_nam
 @needs_torch
 def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
     # Parameters of more than one CPU block: the default kernel cuts them into pieces.
-    block = _kernels.CPU_BLOCK_BYTES // 4
+    block = _kernels.cpu_block_bytes() // 4
     fast = [torch.tensor(_special(rng, n), dtype=torch.float32) for n in (3 * block + 5, 10, block)]
     slow = [f + 1.0 for f in fast]
     ref_fast, ref_slow = [f.clone() for f in fast], [s.clone() for s in slow]
@@ -142,17 +142,138 @@ def test_torch_default_cpu_sync_is_blocked_and_exact(rng):
         _kernels.lerp_and_copy_(fast, slow, 0.3)
     finally:
         _kernels.lerp_and_copy_blocked = real
-    assert seen == [block]
+    # The first sync of a bucket times the first candidate piece size (BlockTuner).
+    tuner = _kernels.BlockTuner(_kernels.cpu_block_bytes(), 4 * sum(f.numel() for f in fast))
+    assert seen == [tuner.candidates[0] // 4]
+    assert seen[0] < 3 * block + 5  # cut into pieces
     _unblocked(ref_fast, ref_slow, 0.3)
     for a, b in zip(fast + slow, ref_fast + ref_slow):
         assert _torch_bits_equal(a, b)
+
+
+def _fake_cache_tree(root, entries) -> str:
+    """A sysfs-like cache directory: ``entries`` of (level, type, size text)."""
+    for i, (level, kind, size) in enumerate(entries):
+        index = root / f"index{i}"
+        index.mkdir()
+        (index / "level").write_text(f"{level}\n")
+        (index / "type").write_text(f"{kind}\n")
+        (index / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+@needs_torch
+def test_torch_cpu_cache_sizes_are_read_from_sysfs(tmp_path):
+    root = _fake_cache_tree(tmp_path, [(1, "Data", "48K"), (1, "Instruction", "32K"),
+                                       (2, "Unified", "2048K"), (3, "Unified", "105M")])
+    assert _kernels.cpu_cache_bytes(1, root) == 48 * 1024
+    assert _kernels.cpu_cache_bytes(2, root) == 2 * 1024 * 1024
+    assert _kernels.cpu_cache_bytes(3, root) == 105 * 1024 * 1024
+    # The instruction cache is never taken for the data cache of its level.
+    (tmp_path / "i").mkdir()
+    listed_first = _fake_cache_tree(tmp_path / "i", [(1, "Instruction", "64K"), (1, "Data", "32K")])
+    assert _kernels.cpu_cache_bytes(1, listed_first) == 32 * 1024
+
+
+@needs_torch
+def test_torch_cpu_block_follows_the_l2_size():
+    # An eighth of the L2 per tensor (a piece of θ and one of φ: a quarter of it), clamped.
+    assert _kernels.block_bytes_for_l2(2 * 1024 * 1024) == 256 * 1024  # the Xeon's 2 MiB
+    assert _kernels.block_bytes_for_l2(1024 * 1024) == 128 * 1024     # AMD EPYC, 1 MiB
+    assert _kernels.block_bytes_for_l2(64 * 1024) == 32 * 1024        # clamped below
+    assert _kernels.block_bytes_for_l2(64 * 1024 * 1024) == 1024 * 1024  # and above
+    assert _kernels.block_bytes_for_l2(None) == _kernels.CPU_BLOCK_BYTES  # unknown
+
+
+@needs_torch
+def test_torch_block_tuner_times_every_candidate_then_keeps_the_fastest():
+    tuner = _kernels.BlockTuner(128 * 1024, 400 * 1024 * 1024)
+    assert tuner.candidates == [128 * 1024, 256 * 1024, 512 * 1024, 400 * 1024 * 1024]
+    assert len(tuner.candidates) * _kernels.TUNING_ROUNDS <= _kernels.tuning_syncs()
+    seconds = {128 * 1024: 2.0, 256 * 1024: 1.5, 512 * 1024: 1.7, 400 * 1024 * 1024: 2.5}
+    order = []
+    for _ in range(_kernels.TUNING_ROUNDS * len(tuner.candidates)):
+        assert tuner.choice is None
+        block = tuner.next()
+        order.append(block)
+        tuner.record(block, seconds[block])
+    assert order == tuner.candidates * _kernels.TUNING_ROUNDS  # each in turn
+    assert tuner.choice == 256 * 1024 and tuner.next() == 256 * 1024
+    tuner.record(256 * 1024, 99.0)  # kept for good
+    assert tuner.next() == 256 * 1024
+    # A bucket smaller than a piece has one candidate: the whole bucket, chosen at once.
+    small = _kernels.BlockTuner(128 * 1024, 4096)
+    assert small.candidates == [4096] and small.choice == 4096
+
+
+@needs_torch
+def test_torch_tuned_default_sync_is_exact_through_and_after_tuning():
+    # Syncs while the tuner tries each piece size and after it chose: the same bits as
+    # the unblocked pair every time.
+    rng = np.random.default_rng(9)
+    fast = [torch.tensor(_special(rng, n), dtype=torch.float32) for n in (70_001, 300, 40_000)]
+    slow = [f * 0.5 + 1.0 for f in fast]
+    ref_fast, ref_slow = [f.clone() for f in fast], [s.clone() for s in slow]
+    for i in range(_kernels.tuning_syncs() + 2):
+        alpha = (0.25, 0.75, 1.0)[i % 3]
+        _kernels.lerp_and_copy_(fast, slow, alpha)
+        _unblocked(ref_fast, ref_slow, alpha)
+        for a, b in zip(fast + slow, ref_fast + ref_slow):
+            assert _torch_bits_equal(a, b)
+        for s in slow:  # keep the values moving, alike on both sides
+            s.mul_(1.5)
+        for s in ref_slow:
+            s.mul_(1.5)
+
+
+@needs_torch
+def test_torch_set_cpu_block_bytes_checks_and_applies():
+    default = _kernels.cpu_block_bytes()
+    with pytest.raises(TypeError, match="block_bytes"):
+        _kernels.set_cpu_block_bytes(4096.0)
+    with pytest.raises(ValueError, match="block_bytes"):
+        _kernels.set_cpu_block_bytes(16)
+    assert _kernels.cpu_block_bytes() == default  # a refused value changes nothing
+    try:
+        _kernels.set_cpu_block_bytes(4096)
+        assert _kernels.cpu_block_bytes() == 4096
+    finally:
+        _kernels.set_cpu_block_bytes(None)
+    assert _kernels.cpu_block_bytes() == default
+
+
+@needs_torch
+@pytest.mark.parametrize("block_bytes", [2048, 4096, 12288, 65536, 1 << 20])
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_torch_default_sync_gives_the_same_bits_whatever_block_is_chosen(block_bytes, dtype_name):
+    # The default CPU sync with the piece size fixed to each value, against the unblocked
+    # pair: whichever size a machine picks, the results are the same bits.
+    dtype = getattr(torch, dtype_name)
+    def pairs() -> tuple[list, list]:
+        # Built twice from one seed: the same values in the same layouts.
+        fast, slow = _torch_pairs(np.random.default_rng(11), dtype)
+        fast.append(torch.tensor(_special(np.random.default_rng(3), 70_001)).to(dtype))
+        slow.append(fast[-1] * 0.5 + 1.0)
+        return fast, slow
+
+    for alpha in (0.25, 0.75, 1.0):
+        fast, slow = pairs()
+        ref_fast, ref_slow = pairs()
+        try:
+            _kernels.set_cpu_block_bytes(block_bytes)
+            _kernels.lerp_and_copy_(fast, slow, alpha)
+        finally:
+            _kernels.set_cpu_block_bytes(None)
+        _unblocked(ref_fast, ref_slow, alpha)
+        for i, (a, b) in enumerate(zip(fast + slow, ref_fast + ref_slow)):
+            assert _torch_bits_equal(a, b), f"tensor {i} differs ({block_bytes} B, alpha {alpha})"
 
 
 @needs_torch
 @pytest.mark.parametrize("alpha", [0.25, 0.75])
 def test_torch_upcast_sync_in_cpu_batches_equals_per_tensor_upcast(rng, alpha):
     # bfloat16 parameters with a float32 slow copy, more elements than one CPU batch.
-    sizes = (_kernels.CPU_BLOCK_BYTES // 4 * 2 + 3, 17, 1000)
+    sizes = (_kernels.cpu_block_bytes() // 4 * 2 + 3, 17, 1000)
     fast = [torch.tensor(rng.standard_normal(n), dtype=torch.bfloat16) for n in sizes]
     fast.append(torch.tensor(rng.standard_normal((40, 30)), dtype=torch.bfloat16)[:, ::2])
     slow = [f.to(torch.float32) + 0.1 for f in fast]

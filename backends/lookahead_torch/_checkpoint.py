@@ -381,10 +381,12 @@ def _allocate_targets(opt: Lookahead, loads: list[GroupLoad]) -> None:
     round-trips the state dict: φ follows). An allocation failure therefore
     also happens before the commit.
     """
+    slow_device = opt.__dict__.get("_slow_device")
     for group, load in zip(opt._slots, loads):
         for key, current in group.buffers.items():
             load.targets[key] = [
-                _buffer_for(buffer, p, buffer_dtype(key, p, opt._slow_dtype))
+                _buffer_for(buffer, p, buffer_dtype(key, p, opt._slow_dtype),
+                            slow_device if key == SLOW_BUFFER else None)
                 for buffer, p in zip(current, group.params)
             ]
 
@@ -457,8 +459,18 @@ def _copy_into(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src)
 
 
-def _buffer_for(current: torch.Tensor, param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``current`` if it fits ``param``'s device and shape in ``dtype``, else a new buffer that does."""
+def _buffer_for(current: torch.Tensor, param: torch.Tensor, dtype: torch.dtype,
+                host: torch.device | None = None) -> torch.Tensor:
+    """``current`` if it fits ``param``'s device and shape in ``dtype``, else a new buffer that does.
+
+    ``host``: the slow weights of ``slow_device="cpu"``, which belong in pinned host memory.
+    """
+    if host is not None:
+        if current.device == host and current.dtype == dtype and current.shape == param.shape:
+            return current
+        from ._offload import host_copy
+
+        return host_copy(param, dtype)
     if (
         current.device == param.device
         and current.dtype == dtype

@@ -86,16 +86,25 @@ def buffer_dtype(key: str, param: torch.Tensor, slow_dtype: torch.dtype | None) 
 
 
 def new_group_state(
-    params: list[torch.Tensor], buffer_keys: Sequence[str], slow_dtype: torch.dtype | None
+    params: list[torch.Tensor], buffer_keys: Sequence[str], slow_dtype: torch.dtype | None,
+    slow_device: torch.device | None = None,
 ) -> GroupState:
-    """A group's state at adoption: φ₀ a copy of each parameter, the other buffers zero."""
+    """A group's state at adoption: φ₀ a copy of each parameter, the other buffers zero.
+
+    With ``slow_device`` (the CPU), φ₀ is in pinned host memory (`_offload.host_copy`).
+    """
     buffers: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
-        buffers[SLOW_BUFFER] = [
-            p.detach().to(dtype=slow_dtype_of(p, slow_dtype), memory_format=torch.preserve_format,
-                          copy=True)
-            for p in params
-        ]
+        if slow_device is not None:
+            from ._offload import host_copy
+
+            buffers[SLOW_BUFFER] = [host_copy(p, slow_dtype_of(p, slow_dtype)) for p in params]
+        else:
+            buffers[SLOW_BUFFER] = [
+                p.detach().to(dtype=slow_dtype_of(p, slow_dtype), memory_format=torch.preserve_format,
+                              copy=True)
+                for p in params
+            ]
         for key in buffer_keys:
             buffers[key] = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
     return GroupState(params, buffers)
@@ -172,7 +181,8 @@ def local_pairs(groups: Sequence[GroupState]) -> tuple[list[torch.Tensor], list[
     return fast, slow
 
 
-def check_placement(g: int, group: GroupState, slow_dtype: torch.dtype | None) -> None:
+def check_placement(g: int, group: GroupState, slow_dtype: torch.dtype | None,
+                    slow_device: torch.device | None = None) -> None:
     """Refuse a parameter moved or cast after its slow copy was taken (before any change).
 
     Runs before every sync, over every parameter, so the usual case (a
@@ -185,18 +195,21 @@ def check_placement(g: int, group: GroupState, slow_dtype: torch.dtype | None) -
         if (
             p.dtype is s.dtype
             and p.shape == s.shape
-            and p.device == s.device
+            and (p.device == s.device if slow_device is None else s.device == slow_device)
             and (dtensor is None or not (isinstance(p, dtensor) or isinstance(s, dtensor)))
         ):
             continue
-        _check_pair_placement(g, i, p, s, slow_dtype)
+        _check_pair_placement(g, i, p, s, slow_dtype, slow_device)
 
 
 def _check_pair_placement(
-    g: int, i: int, p: torch.Tensor, s: torch.Tensor, slow_dtype: torch.dtype | None
+    g: int, i: int, p: torch.Tensor, s: torch.Tensor, slow_dtype: torch.dtype | None,
+    slow_device: torch.device | None = None,
 ) -> None:
     """`check_placement` of one pair: a wider slow copy, a DTensor, or an error."""
-    if p.device != s.device or p.shape != s.shape or s.dtype != slow_dtype_of(p, slow_dtype):
+    moved = (p.device != s.device if slow_device is None
+             else s.device != slow_device or p.device.type != "cuda")
+    if moved or p.shape != s.shape or s.dtype != slow_dtype_of(p, slow_dtype):
         raise RuntimeError(
             f"param_groups[{g}]['params'][{i}] is now {p.dtype} {tuple(p.shape)} on "
             f"{p.device}, its slow copy {s.dtype} {tuple(s.shape)} on {s.device}: move "

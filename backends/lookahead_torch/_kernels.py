@@ -30,7 +30,8 @@ are): few enough chunks per sync that launch and Python overhead stay small
 next to the memory traffic, and at most 64 MiB (float32) per device.
 
 On the CPU the sync is cache-blocked (`lerp_and_copy_blocked`): the pairs are
-cut into pieces of `CPU_BLOCK_BYTES` per tensor and the lerp and the copy run
+cut into pieces of `cpu_block_bytes` per tensor (an eighth of the machine's L2
+cache, read once from the OS) and the lerp and the copy run
 piece by piece, so the copy ``θ ← φ`` reads φ and writes θ while both are
 still in the L2 cache. Memory then sees the minimum the sync needs, one read
 and one write of θ and of φ (4 × the parameter bytes), where a lerp over whole
@@ -42,8 +43,16 @@ see the Performance page for the measurements (1 thread, 100M float32: 0.94 of
 the plain-copy bandwidth and 1.5 × the unblocked kernel on a quiet machine).
 The mixed-dtype CPU path uses the same piece size for its batches (and its
 scratch holds one piece) instead of `scratch_elements` (bfloat16 parameters, float32 slow copy, 1 thread: 1.09 ×
-faster on ResNet-18 shapes, 1.32 × on 100M values). On CUDA one multi-tensor
-launch over whole tensors is already at the memory bandwidth: no blocking there.
+faster on ResNet-18 shapes, 1.32 × on 100M values).
+
+On CUDA, dense pairs of float32, bfloat16 or float16 parameters (with slow
+copies of their dtype or of float32) go through one fused Triton kernel
+(`lookahead_torch._fused`): one pass that reads θ and φ once and writes both,
+one launch for any number of tensors, the overflow repaired in registers (no
+check before the lerp, no upcast scratch), the CPU path's bits. Where triton
+is missing, and for other dtypes and strided tensors, the foreach path below
+runs unblocked. The outer optimizers' ``Δ = φ − θ`` (`pseudo_gradients_`)
+goes through the same kernel.
 
 Overflow. ``θ − φ`` overflows when θ and φ are finite, near the largest value
 of the dtype the lerp computes in, with opposite signs (float32, float64, and
@@ -68,18 +77,29 @@ overflow.
 
 from __future__ import annotations
 
+import functools
 import math
+import time
+import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from . import _fused
+
 __all__ = [
     "CPU_BLOCK_BYTES",
+    "CPU_BLOCK_L2_FRACTION",
+    "MAX_CPU_BLOCK_BYTES",
+    "MIN_CPU_BLOCK_BYTES",
     "MAX_CHUNK_ELEMENTS",
     "MIN_CHUNK_ELEMENTS",
     "PIECE_ALIGN",
     "all_finite",
+    "block_bytes_for_l2",
+    "cpu_block_bytes",
+    "cpu_cache_bytes",
     "copy_",
     "flat_view",
     "lerp_and_copy_",
@@ -89,6 +109,7 @@ __all__ = [
     "pseudo_gradients_",
     "scratch_elements",
     "scratch_key",
+    "set_cpu_block_bytes",
     "swap_",
     "unswap_",
 ]
@@ -106,18 +127,207 @@ three multi-tensor launches plus Python slicing) and 2.1 ms through a
 
 
 CPU_BLOCK_BYTES = 256 * 1024
-"""Bytes per tensor of one piece of the cache-blocked CPU sync.
+"""Bytes per tensor of one piece of the cache-blocked CPU sync where the L2 size is unknown.
 
-A piece of θ and its piece of φ (512 KiB together) stay in a 2 MiB L2 cache
-between the lerp and the copy. Measured (Xeon, 1 thread, 100M float32 in 100
-tensors): 64 KiB 99.8 ms, 128 KiB 89.7 ms, 256 KiB 88.4 ms, 512 KiB 91.4 ms,
-1 MiB 101.7 ms per sync; unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` 134.8 ms."""
+The piece size is otherwise `cpu_block_bytes`, derived from the machine's L2
+cache. Measured (Xeon, 2 MiB L2, 1 thread, 100M float32 in 100 tensors):
+64 KiB 99.8 ms, 128 KiB 89.7 ms, 256 KiB 88.4 ms, 512 KiB 91.4 ms, 1 MiB
+101.7 ms per sync; unblocked ``_foreach_lerp_`` + ``_foreach_copy_`` 134.8 ms."""
+
+CPU_BLOCK_L2_FRACTION = 8
+"""A piece per tensor is this fraction of the L2 cache (see `cpu_block_bytes`)."""
+
+MIN_CPU_BLOCK_BYTES = 32 * 1024
+MAX_CPU_BLOCK_BYTES = 1024 * 1024
+
+_cpu_block_override: int | None = None
+
+
+def cpu_cache_bytes(level: int, root: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """Size in bytes of CPU 0's data (or unified) cache of ``level``, or ``None`` if unknown.
+
+    Read from Linux's sysfs (``index*/level``, ``type``, ``size`` such as
+    ``1024K``); where that is missing, ``os.sysconf`` (glibc's
+    ``SC_LEVEL{1,2,3}_..._CACHE_SIZE``, 0 when it does not know).
+    """
+    import os
+
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError:
+        entries = []
+    for entry in entries:
+        if not entry.startswith("index"):
+            continue
+        path = os.path.join(root, entry)
+        try:
+            with open(os.path.join(path, "level")) as f:
+                found = int(f.read().strip())
+            with open(os.path.join(path, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(path, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if found != level or kind == "Instruction" or not text:
+            continue
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+        try:
+            return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        except ValueError:
+            continue
+    names = {1: "SC_LEVEL1_DCACHE_SIZE", 2: "SC_LEVEL2_CACHE_SIZE", 3: "SC_LEVEL3_CACHE_SIZE"}
+    try:
+        size = os.sysconf(names[level])
+    except (KeyError, ValueError, OSError):
+        return None
+    return size if size > 0 else None
+
+
+def block_bytes_for_l2(l2_bytes: int | None) -> int:
+    """The piece size (bytes per tensor) the blocked CPU sync uses with an L2 of ``l2_bytes``.
+
+    ``l2_bytes / CPU_BLOCK_L2_FRACTION``, clamped to [`MIN_CPU_BLOCK_BYTES`,
+    `MAX_CPU_BLOCK_BYTES`]; `CPU_BLOCK_BYTES` when the size is unknown.
+    """
+    if not l2_bytes:
+        return CPU_BLOCK_BYTES
+    return max(MIN_CPU_BLOCK_BYTES, min(MAX_CPU_BLOCK_BYTES, l2_bytes // CPU_BLOCK_L2_FRACTION))
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_block_from_cache() -> int:
+    return block_bytes_for_l2(cpu_cache_bytes(2))
+
+
+def cpu_block_bytes() -> int:
+    """Bytes per tensor of one piece of the cache-blocked CPU sync on this machine.
+
+    Chosen once from the L2 cache (`block_bytes_for_l2` of `cpu_cache_bytes`),
+    unless `set_cpu_block_bytes` fixed it. Which size is chosen changes the
+    speed only: the results are the same bits for every piece size
+    (`lerp_and_copy_blocked`).
+    """
+    if _cpu_block_override is not None:
+        return _cpu_block_override
+    return _cpu_block_from_cache()
+
+
+TUNING_ROUNDS = 2
+"""Syncs each candidate piece size is timed for before a bucket keeps the fastest."""
+
+
+class BlockTuner:
+    """The piece size of one bucket of the blocked CPU sync, timed over its first syncs.
+
+    Candidates (bytes per tensor): one, two and four times `cpu_block_bytes`
+    and "unblocked" (one batch for the whole bucket: the plain foreach pair).
+    A tuner is kept per bucket shape (dtype, number of tensors, elements), so
+    every optimizer over the same parameters shares its choice.
+    The first ``TUNING_ROUNDS × len(candidates)`` syncs cycle through them;
+    then the one with the shortest time of its rounds is kept for good. Which
+    one wins changes the speed only: every candidate gives the same bits.
+    The L2 size sets where the cache effect lies; the cost of a ``_foreach``
+    call per batch (which makes small pieces dear for models of many small
+    tensors) and the machine's own mix of the two are what the timing adds.
+    """
+
+    __slots__ = ("candidates", "times", "choice", "calls")
+
+    def __init__(self, block_bytes: int, total_bytes: int) -> None:
+        sizes = [block_bytes, 2 * block_bytes, 4 * block_bytes]
+        whole = max(total_bytes, PIECE_ALIGN * 8)
+        self.candidates = sorted({size for size in sizes if size < whole} | {whole})
+        self.times: dict[int, list[float]] = {c: [] for c in self.candidates}
+        self.choice: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self.calls = 0
+
+    def next(self) -> int:
+        """The piece size for this sync (bytes per tensor)."""
+        if self.choice is not None:
+            return self.choice
+        return self.candidates[self.calls % len(self.candidates)]
+
+    def record(self, block_bytes: int, seconds: float) -> None:
+        """The time of a sync with ``block_bytes``; decides once every candidate has its rounds."""
+        if self.choice is not None:
+            return
+        self.times[block_bytes].append(seconds)
+        self.calls += 1
+        if all(len(t) >= TUNING_ROUNDS for t in self.times.values()):
+            self.choice = min(self.candidates, key=lambda c: (min(self.times[c]), c))
+
+
+_TUNERS: dict[tuple, BlockTuner] = {}
+
+
+def tuning_syncs() -> int:
+    """At most how many syncs of a bucket its `BlockTuner` times before it keeps a size."""
+    return TUNING_ROUNDS * 4
+
+
+def block_choices() -> dict[str, str]:
+    """What the tuned buckets chose so far: ``{bucket: choice}``, for `make bench`'s report."""
+    out = {}
+    for (dtype, count, total), tuner in _TUNERS.items():
+        label = f"{count} tensors, {total * dtype.itemsize / 1e6:.1f} MB {str(dtype).replace('torch.', '')}"
+        if tuner.choice is None:
+            out[label] = "still timing"
+        elif tuner.choice == tuner.candidates[-1] and tuner.choice >= total * dtype.itemsize:
+            out[label] = "unblocked (one batch)"
+        else:
+            out[label] = f"{tuner.choice // 1024} KiB pieces"
+    return out
+
+
+def _blocked_sync_tuned(fast: list[torch.Tensor], slow: list[torch.Tensor], alpha: float) -> None:
+    """`lerp_and_copy_blocked` with this bucket's piece size (`BlockTuner`; fixed by
+    `set_cpu_block_bytes`)."""
+    itemsize = fast[0].element_size()
+    if _cpu_block_override is not None:
+        lerp_and_copy_blocked(fast, slow, alpha, _cpu_block_override // itemsize)
+        return
+    total = sum(f.numel() for f in fast)
+    key = (fast[0].dtype, len(fast), total)
+    tuner = _TUNERS.get(key)
+    if tuner is None:
+        if len(_TUNERS) >= 256:
+            _TUNERS.clear()
+        tuner = _TUNERS[key] = BlockTuner(cpu_block_bytes(), total * itemsize)
+    block = tuner.next()
+    if tuner.choice is not None:
+        lerp_and_copy_blocked(fast, slow, alpha, block // itemsize)
+        return
+    start = time.perf_counter()
+    lerp_and_copy_blocked(fast, slow, alpha, block // itemsize)
+    tuner.record(block, time.perf_counter() - start)
+
+
+def set_cpu_block_bytes(block_bytes: int | None) -> None:
+    """Fix the piece size of the blocked CPU sync (bytes per tensor), or ``None`` for the default.
+
+    Affects syncs from now on, and the upcast scratch of optimizers built
+    (or whose parameters are re-adopted) afterwards.
+    """
+    global _cpu_block_override
+    if block_bytes is not None:
+        if isinstance(block_bytes, bool) or not isinstance(block_bytes, int):
+            raise TypeError(f"block_bytes must be an int or None, got {type(block_bytes).__name__}")
+        if block_bytes < PIECE_ALIGN * 8:
+            raise ValueError(f"block_bytes must be at least {PIECE_ALIGN * 8}, got {block_bytes}")
+    _cpu_block_override = block_bytes
 
 
 PIECE_ALIGN = 64
 """Pieces of the blocked sync start at multiples of this many elements (see
 `lerp_and_copy_blocked`): two AVX-512 vectors of 16-bit floats, a multiple of
 every vector loop's stride."""
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_available() -> bool:
+    """Whether CUDA pairs go through the fused Triton kernel (`lookahead_torch._fused`)."""
+    return _fused.available()
 
 
 def scratch_elements(total: int) -> int:
@@ -142,18 +352,19 @@ def make_scratch(
 
     One 1-D buffer per (device, slow dtype) of `scratch_elements` of the
     elements of those pairs, on the CPU at most one cache-blocked piece
-    (`CPU_BLOCK_BYTES`); none at all when every pair shares its dtype.
+    (`cpu_block_bytes`); none at all when every pair shares its dtype.
     """
     totals: dict[ScratchKey, int] = {}
     for f, s in zip(fast, slow):
-        if f.dtype != s.dtype:
+        if f.dtype != s.dtype and not (f.device.type == "cuda" and _fused_available()
+                                       and _fused.supports(f, s)):
             key = scratch_key(s)
             totals[key] = totals.get(key, 0) + f.numel()
     scratch = {}
     for (device, dtype), n in totals.items():
         elements = scratch_elements(n)
         if device.type == "cpu":
-            elements = min(elements, CPU_BLOCK_BYTES // dtype.itemsize)
+            elements = min(elements, cpu_block_bytes() // dtype.itemsize)
         scratch[(device, dtype)] = torch.empty(max(elements, 1), dtype=dtype, device=device)
     return scratch
 
@@ -229,9 +440,18 @@ def lerp_and_copy_(
         scratch: the buffers of `make_scratch`, needed when a pair mixes dtypes.
     """
     for (device, fast_dtype, slow_dtype), (fs, ss) in _buckets(fast, slow).items():
+        if device.type == "cuda" and _fused_available():
+            fused = [_fused.supports(f, s) for f, s in zip(fs, ss)]
+            if any(fused):
+                _fused.lerp_and_copy_([f for f, ok in zip(fs, fused) if ok],
+                                      [s for s, ok in zip(ss, fused) if ok], alpha)
+                fs = [f for f, ok in zip(fs, fused) if not ok]
+                ss = [s for s, ok in zip(ss, fused) if not ok]
+                if not fs:
+                    continue
         if fast_dtype == slow_dtype:
             if device.type == "cpu":
-                lerp_and_copy_blocked(fs, ss, alpha, CPU_BLOCK_BYTES // fast_dtype.itemsize)
+                _blocked_sync_tuned(fs, ss, alpha)
             else:
                 stashes = _stashes(fs, ss)
                 torch._foreach_lerp_(ss, fs, alpha)
@@ -429,7 +649,7 @@ def _below_on_cpu(t: torch.Tensor, margin: float) -> bool:
     layout = _NUMPY_LAYOUT.get(t.dtype)
     if layout is None:  # a dtype NumPy cannot read: torch's own reduction
         return bool(t.abs().max() < margin)
-    values = _numpy_view(t, *layout)
+    values = _cached_numpy_view(t, layout)
     if t.dtype == torch.bfloat16:
         # NumPy has no bfloat16: its bits. |x| < 2**119, below the margin of every
         # bfloat16 pair, is an exponent field below 246, for either sign.
@@ -456,6 +676,34 @@ _NUMPY_LAYOUT = {
 
 class _Memory:
     __slots__ = ("__array_interface__",)
+
+
+_VIEWS: dict[int, tuple[weakref.ref, tuple, np.ndarray]] = {}
+"""NumPy views of the slow tensors, kept per tensor object between syncs (see `_cached_numpy_view`)."""
+
+
+def _cached_numpy_view(t: torch.Tensor, layout: tuple[str, int]) -> np.ndarray:
+    """`_numpy_view` of ``t``, made once per tensor and kept while the tensor lives.
+
+    The slow tensors are the same objects at every sync; building a view costs
+    about as much as reading a small tensor (~2 µs), so the check of a model
+    of many small tensors would pay it for each at every sync. An entry is
+    used only while its tensor object is alive (a weak reference, whose
+    callback drops the entry) and still has the address, shape, strides and
+    dtype the view was made for (so ``set_`` or ``resize_`` on it make a new one).
+    """
+    key = id(t)
+    signature = (t.data_ptr(), t.shape, t.stride(), t.dtype)
+    entry = _VIEWS.get(key)
+    if entry is not None and entry[0]() is t and entry[1] == signature:
+        return entry[2]
+    view = _numpy_view(t, *layout)
+    try:
+        ref = weakref.ref(t, lambda _, key=key: _VIEWS.pop(key, None))
+    except TypeError:  # not weak-referenceable: no caching
+        return view
+    _VIEWS[key] = (ref, signature, view)
+    return view
 
 
 def _numpy_view(t: torch.Tensor, typestr: str, per_element: int) -> np.ndarray:
@@ -524,7 +772,9 @@ def pseudo_gradients_(fast: Tensors, slow: Tensors) -> list[torch.Tensor]:
     the bits of ``φ − θ``, signed zeros included) and the returned tensor is
     ``fast[i]`` itself: θ is overwritten by φ after the outer step, so the
     sync allocates nothing. A pair whose slow copy is wider (``slow_dtype``)
-    gets a new tensor of the slow dtype (θ upcast exactly, one rounding).
+    gets a new tensor of the slow dtype (θ upcast exactly, one rounding), and
+    one whose slow copy is in host memory (``slow_device="cpu"``) a new host
+    tensor: the outer optimizer then steps in host memory, where its state is.
     DTensors are computed on their local shards; the result is laid out like
     the slow tensor.
 
@@ -536,7 +786,11 @@ def pseudo_gradients_(fast: Tensors, slow: Tensors) -> list[torch.Tensor]:
     same_fast: list[torch.Tensor] = []
     same_slow: list[torch.Tensor] = []
     for f, s in zip(fast, slow):
-        if f.dtype == s.dtype:
+        if f.device != s.device:
+            # Slow weights in host memory (slow_device="cpu"): Δ there too, beside φ
+            # (θ brought over, upcast exactly where the slow dtype is wider).
+            out.append(torch.sub(s, f.to(s.device)))
+        elif f.dtype == s.dtype:
             out.append(f)
             local_f, local_s = _local(f), _local(s)
             if local_f.numel() > 0:
@@ -549,7 +803,15 @@ def pseudo_gradients_(fast: Tensors, slow: Tensors) -> list[torch.Tensor]:
         fs, ss = buckets.setdefault((f.device, f.dtype), ([], []))
         fs.append(f)
         ss.append(s)
-    for fs, ss in buckets.values():
+    for (device, _), (fs, ss) in buckets.items():
+        if device.type == "cuda" and _fused_available():
+            fused = [_fused.supports(f, s) for f, s in zip(fs, ss)]
+            _fused.pseudo_gradients_([f for f, ok in zip(fs, fused) if ok],
+                                     [s for s, ok in zip(ss, fused) if ok])
+            fs = [f for f, ok in zip(fs, fused) if not ok]
+            ss = [s for s, ok in zip(ss, fused) if not ok]
+            if not fs:
+                continue
         torch._foreach_neg_(fs)
         torch._foreach_add_(fs, ss)
     return out
@@ -570,7 +832,11 @@ def copy_(dst: Tensors, src: Tensors) -> None:
         ds.append(d)
         ss.append(s)
     for ds, ss in by_device.values():
-        torch._foreach_copy_(ds, ss)
+        if any(d.device != s.device for d, s in zip(ds, ss)):  # slow_device="cpu"
+            for d, s in zip(ds, ss):
+                d.copy_(s, non_blocking=False)
+        else:
+            torch._foreach_copy_(ds, ss)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -589,14 +855,20 @@ def swap_(fast: Tensors, slow: Tensors) -> list[torch.Tensor | None]:
     included). A pair with a wider slow dtype cannot hold both values in its
     two buffers: the fast values are stashed in a temporary of the parameter's
     size and dtype, and the parameter receives φ rounded to nearest; the slow
-    copy is not changed.
+    copy is not changed. A pair whose slow copy is in host memory
+    (``slow_device="cpu"``) is stashed in host memory the same way.
 
     Returns:
         The stash per pair (``None`` for a pair swapped in place), for `unswap_`.
     """
     stashes: list[torch.Tensor | None] = []
     for f, s in zip(fast, slow):
-        if f.dtype == s.dtype:
+        if f.device != s.device:
+            # Slow weights in host memory (slow_device="cpu"): θ is stashed there too,
+            # so the GPU holds nothing extra.
+            stashes.append(f.to(s.device, copy=True))
+            f.copy_(s)
+        elif f.dtype == s.dtype:
             a, b = _bits(f), _bits(s)
             a.bitwise_xor_(b)
             b.bitwise_xor_(a)

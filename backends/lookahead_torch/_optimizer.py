@@ -27,7 +27,7 @@ import torch
 
 import lookahead_core as lc
 
-from . import _averaging, _checkpoint, _distributed, _groups, _kernels, _outer
+from . import _averaging, _checkpoint, _distributed, _groups, _kernels, _offload, _outer
 from ._checks import (
     check_group_settings,
     check_nonfinite,
@@ -170,6 +170,16 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             buffers (BatchNorm statistics) are not
             averaged. The Distributed page's "Local SGD and DiLoCo" section
             covers bytes, checkpoints and restarts.
+        slow_device: ``None`` (φ beside each parameter) or ``"cpu"``: the slow
+            weights of CUDA parameters (and an outer optimizer's state, which
+            torch creates beside them) live in pinned host memory, and each
+            sync streams them through a staging buffer on the GPU (chunked,
+            double-buffered, on side streams; θ ← φ written on the device);
+            the same results bit for bit. Refused (``ValueError``) where torch
+            sees no CUDA device, for CPU parameters and for DTensors.
+        offload_buffer_bytes: the staging buffer of ``slow_device="cpu"`` per
+            device, in bytes (default 64 MiB, two halves); only with
+            ``slow_device``.
 
     Raises:
         TypeError: an argument of the wrong type (the message names it).
@@ -201,6 +211,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         alpha_mode: str = "fixed",
         alpha_min: float = 0.1,
         process_group: Any = None,
+        slow_device: str | torch.device | None = None,
+        offload_buffer_bytes: int | None = None,
     ) -> None:
         if isinstance(optimizer, type):
             raise TypeError(
@@ -232,10 +244,22 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
                 f"reset_inner_state must be a bool, got {type(reset_inner_state).__name__}"
             )
         slow_dtype = check_slow_dtype(slow_dtype)
+        slow_device = _offload.check_slow_device(slow_device)
+        offload_buffer_bytes = _offload.check_offload_buffer_bytes(offload_buffer_bytes, slow_device)
+        if slow_device is not None and alpha_mode == "adaptive":
+            raise ValueError("alpha_mode='adaptive' estimates alpha from the slow weights and the "
+                             "gradients on the device at every sync; with slow_device='cpu' use "
+                             "alpha_mode='fixed'")
         nonfinite = check_nonfinite(nonfinite)
         inner_policy = inner_state_policy(optimizer, pullback, reset_inner_state)
         _distributed.check_inner(optimizer)
         process_group = _averaging.check_process_group(process_group)
+        if process_group is not None and slow_device is not None:
+            raise ValueError(
+                "process_group cannot be combined with slow_device='cpu' yet: the averaging "
+                "sync and the streamed host sync have not been run together on a GPU; keep the "
+                "slow weights on the device (slow_device=None) with process_group"
+            )
         if process_group is not None:
             _check_averaging_combination(optimizer, alpha_mode)
             _averaging.check_params([p for group in optimizer.param_groups for p in group["params"]],
@@ -245,6 +269,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             _groups.check_group(f"optimizer.param_groups[{g}]", group, k, alpha, policy)
             if outer is not None:
                 _refuse_group_alpha(f"optimizer.param_groups[{g}]", group)
+            if slow_device is not None:
+                _offload.check_offloadable(f"optimizer.param_groups[{g}]['params']", group["params"])
         _groups.check_no_overlap(_named_params(optimizer.param_groups, "optimizer.param_groups"))
 
         # Plain attributes first: the property setters and add_param_group that
@@ -255,6 +281,8 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._inner_policy = inner_policy
         self._alpha_policy = policy
         self._slow_dtype = slow_dtype
+        self._slow_device = slow_device
+        self._stager = _offload.Stager(offload_buffer_bytes) if slow_device is not None else None
         self._nonfinite = nonfinite
         self._outer: _outer.Outer | None = None
         self._with_outer = outer is not None  # before the outer optimizer exists
@@ -456,13 +484,16 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         if not self._with_outer:  # with an outer optimizer there is no α
             group.setdefault("lookahead_alpha", self._alpha)
         keys = [policy.buffer_key for policy in (self._inner_policy, self._alpha_policy)]
+        if self.__dict__.get("_slow_device") is not None:
+            _offload.check_offloadable(f"param_groups[{len(self._slots)}]['params']", group["params"])
         if self._averaging is not None and not self._constructing:
             # Every rank starts the group from the first rank's weights (φ₀ included); the
             # constructor broadcasts all groups at once.
             self._averaging.check_shards(group["params"])
             self._averaging.broadcast_(group["params"])
         self._slots.append(
-            _groups.new_group_state(group["params"], [key for key in keys if key], self._slow_dtype)
+            _groups.new_group_state(group["params"], [key for key in keys if key], self._slow_dtype,
+                                    self.__dict__.get("_slow_device"))
         )
         if not self._constructing:  # the constructor makes it once, for all groups
             if self._outer is not None:
@@ -527,7 +558,7 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
 
     def _check_placement(self, groups: list[int]) -> None:
         for g in groups:
-            _groups.check_placement(g, self._slots[g], self._slow_dtype)
+            _groups.check_placement(g, self._slots[g], self._slow_dtype, self._slow_device)
 
     # -- the algorithm --------------------------------------------------------------------
 
@@ -661,7 +692,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             fast.extend(_distributed.locals_(self._slots[g].params))
             slow.extend(_distributed.locals_(self._slots[g].slow))
         for alpha, (fast, slow) in by_alpha.items():
-            _kernels.lerp_and_copy_(fast, slow, alpha, self._scratch)
+            if self._stager is not None:  # slow_device="cpu": streamed through the staging buffer
+                self._stager.sync_(fast, slow, alpha)
+            else:
+                _kernels.lerp_and_copy_(fast, slow, alpha, self._scratch)
         self._inner_policy.after_sync(
             self._inner, [(self._slots[g], alphas[g]) for g in due], self._scratch
         )
@@ -883,6 +917,9 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
             "inner_policy": self._inner_policy,
             "alpha_policy": self._alpha_policy,
             "slow_dtype": self._slow_dtype,
+            "slow_device": self._slow_device,
+            "offload_buffer_bytes": (self._stager.staging_bytes if self._stager is not None
+                                     else None),
             "nonfinite": self._nonfinite,
             "slots": self._slots,
             "outer": self._outer,
@@ -896,6 +933,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         self._inner_policy = state["inner_policy"]
         self._alpha_policy = state["alpha_policy"]
         self._slow_dtype = state["slow_dtype"]
+        self._slow_device = state.get("slow_device")
+        self._stager = (_offload.Stager(state.get("offload_buffer_bytes")
+                                        or _offload.DEFAULT_STAGING_BYTES)
+                        if self._slow_device is not None else None)
         self._nonfinite = state["nonfinite"]
         self._slots = state["slots"]
         self._outer = state.get("outer")
@@ -919,8 +960,10 @@ class Lookahead(SlowWeightsMixin, torch.optim.Optimizer):
         return tensors + (self._outer.tensors() if self._outer is not None else [])
 
     def _workspace_tensors(self) -> list[torch.Tensor]:
-        """The upcast scratch buffers of the ``slow_dtype`` sync (bounded size)."""
-        return list(self._scratch.values())
+        """The upcast scratch buffers of the ``slow_dtype`` sync and the staging buffers of
+        ``slow_device="cpu"`` (bounded sizes)."""
+        staging = self._stager.buffers() if self.__dict__.get("_stager") is not None else []
+        return list(self._scratch.values()) + staging
 
 
 def _named_params(groups: list[dict[str, Any]], prefix: str = "param_groups") -> list[tuple[str, torch.Tensor]]:
