@@ -1014,11 +1014,18 @@ def _run_round_trip_case(backend: Backend, dtype: str, spec: InnerSpec, k: int, 
     rng = _rng(5, settings)
     params = _random(rng, dtype, SHAPES)
     grads = [_random(rng, dtype, SHAPES) for _ in range(n + k + 2)]
-    first = backend.create(params, spec, k, alpha)
+    _require_resumes(lambda: backend.create(params, spec, k, alpha), grads, n, label)
+
+
+def _require_resumes(create: Callable[[], Runner], grads: Sequence[list[np.ndarray]], n: int,
+                     label: str) -> None:
+    """A runner saved after ``n`` of ``grads`` and restored into a fresh one (``create()``)
+    goes on bit for bit like the saved one, which keeps stepping after saving."""
+    first = create()
     for g in grads[:n]:
         first.step(g)
     saved = first.save()
-    resumed = backend.create(params, spec, k, alpha)
+    resumed = create()
     resumed.restore(saved)
     _require_equal(resumed.fast(), first.fast(), f"{label}: fast right after restore")
     _require_equal(resumed.slow(), first.slow(), f"{label}: slow right after restore")
@@ -1381,19 +1388,7 @@ def _run_outer_round_trip_case(backend: Backend, dtype: str, outer: InnerSpec, n
     rng = _rng(29, settings)
     params = _random(rng, dtype, SHAPES)
     grads = [_random(rng, dtype, SHAPES) for _ in range(n + 2 * k + 1)]
-    first = backend.create_outer(params, inner, k, outer)
-    for g in grads[:n]:
-        first.step(g)
-    saved = first.save()
-    resumed = backend.create_outer(params, inner, k, outer)
-    resumed.restore(saved)
-    _require_equal(resumed.fast(), first.fast(), f"{label}: fast right after restore")
-    _require_equal(resumed.slow(), first.slow(), f"{label}: slow right after restore")
-    for m, g in enumerate(grads[n:], start=n + 1):
-        first.step(g)
-        resumed.step(g)
-        _require_equal(resumed.fast(), first.fast(), f"{label}: fast after step {m}")
-        _require_equal(resumed.slow(), first.slow(), f"{label}: slow after step {m}")
+    _require_resumes(lambda: backend.create_outer(params, inner, k, outer), grads, n, label)
 
 
 # --- the registry of checks and the runner --------------------------------------------------
